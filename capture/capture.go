@@ -1,0 +1,346 @@
+// Package capture writes the packets of a run as pcapng, each annotated with
+// the process that owns its socket.
+//
+// gopacket's pcapgo.NgWriter writes the section header, the interface blocks
+// and the closing statistics. It cannot attach options to a packet, so this
+// package writes the Enhanced Packet Blocks itself, with an opt_comment such
+// as "pid=1234 comm=curl" (Wireshark shows it as frame.comment) and, when
+// known, the direction in epb_flags (frame.packet_flags_direction).
+// Timestamps have nanosecond resolution.
+//
+// pcapng has no standard per-packet process option that Wireshark decodes:
+// Apple's process information blocks are vendor-specific and Wireshark 4.0
+// ignores them, so the comment is the portable carrier.
+//
+// A Writer is not safe for concurrent writes; Stats may be called from any
+// goroutine.
+package capture
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/gopacket/layers"
+	"github.com/google/gopacket/pcapgo"
+)
+
+// Interface describes one view of the traffic, written as one pcapng
+// interface block. The eBPF view starts at the IP header (layers.LinkTypeRaw,
+// or LinkTypeIPv4/LinkTypeIPv6); the rootless view is Ethernet.
+type Interface struct {
+	Name        string
+	Description string // the view and backend, for example "child traffic (ebpf)"
+	LinkType    layers.LinkType
+	SnapLen     uint32 // longest packet prefix kept; 0 means no limit
+}
+
+// Direction is the way a packet went, relative to the traced command.
+type Direction uint8
+
+// Directions, as pcapng's epb_flags encodes them.
+const (
+	DirUnknown  Direction = 0
+	DirInbound  Direction = 1
+	DirOutbound Direction = 2
+)
+
+// Record is one packet with what is known about it.
+type Record struct {
+	Iface     int       // index into the interfaces given to New
+	Time      time.Time // capture time
+	Data      []byte    // the bytes captured, cut to the snap length on write
+	OrigLen   int       // length on the wire; 0 (or less than len(Data)) means len(Data)
+	Pid       uint32    // 0 when unknown
+	Comm      string    // "" when unknown
+	Direction Direction
+}
+
+// Stats counts what a Writer wrote and what its caller reported lost.
+type Stats struct {
+	Packets uint64 // Enhanced Packet Blocks written
+	Bytes   uint64 // captured packet bytes written (not file bytes)
+	Dropped uint64 // packets the caller reported lost (see AddDropped)
+}
+
+// Writer writes one pcapng section. It buffers: call Close (or Flush) before
+// the underlying writer is closed. The Writer never closes it.
+type Writer struct {
+	bw     *bufio.Writer
+	ng     *pcapgo.NgWriter
+	ifaces []Interface
+	start  time.Time
+
+	hdr     [28]byte
+	opt     []byte // reused options buffer
+	packets []uint64
+	dropped []uint64
+	stats   struct{ packets, bytes, dropped atomic.Uint64 }
+	closed  bool
+}
+
+// bufferSize keeps file writes large: a 64 KiB packet plus its block.
+const bufferSize = 256 << 10
+
+// New writes a section header and one interface block per entry of ifaces
+// to w, and returns a Writer for their packets. Packets name their interface
+// by its index in ifaces.
+func New(w io.Writer, ifaces []Interface) (*Writer, error) {
+	if len(ifaces) == 0 {
+		return nil, errors.New("create pcapng writer: no interfaces")
+	}
+
+	cw := &Writer{
+		bw:      bufio.NewWriterSize(w, bufferSize),
+		ifaces:  append([]Interface(nil), ifaces...),
+		start:   time.Now(),
+		opt:     make([]byte, 0, 128),
+		packets: make([]uint64, len(ifaces)),
+		dropped: make([]uint64, len(ifaces)),
+	}
+
+	if err := cw.writeHeader(); err != nil {
+		return nil, err
+	}
+
+	return cw, nil
+}
+
+func (w *Writer) writeHeader() error {
+	opts := pcapgo.NgWriterOptions{SectionInfo: pcapgo.NgSectionInfo{
+		Hardware: runtime.GOARCH, OS: runtime.GOOS, Application: "childflow",
+	}}
+
+	ng, err := pcapgo.NewNgWriterInterface(w.bw, ngInterface(w.ifaces[0]), opts)
+	if err != nil {
+		return fmt.Errorf("write pcapng header: %w", err)
+	}
+
+	for _, iface := range w.ifaces[1:] {
+		if _, err := ng.AddInterface(ngInterface(iface)); err != nil {
+			return fmt.Errorf("write pcapng interface %q: %w", iface.Name, err)
+		}
+	}
+	w.ng = ng
+
+	return ng.Flush() // into w.bw, before any packet block
+}
+
+func ngInterface(i Interface) pcapgo.NgInterface {
+	return pcapgo.NgInterface{
+		Name:                i.Name,
+		Description:         i.Description,
+		OS:                  runtime.GOOS,
+		LinkType:            i.LinkType,
+		SnapLength:          i.SnapLen,
+		TimestampResolution: 9,
+	}
+}
+
+// WritePacket writes one packet of interface iface captured at ts, with the
+// process that owns its socket as a comment. See Record for the arguments.
+func (w *Writer) WritePacket(
+	iface int, ts time.Time, data []byte, origLen int, pid uint32, comm string,
+) error {
+	return w.WriteRecord(&Record{
+		Iface: iface, Time: ts, Data: data, OrigLen: origLen, Pid: pid, Comm: comm,
+	})
+}
+
+// WriteRecord writes one packet as an Enhanced Packet Block. Data longer than
+// the interface's snap length is cut to it; the original length is kept.
+func (w *Writer) WriteRecord(r *Record) error {
+	if r.Iface < 0 || r.Iface >= len(w.ifaces) {
+		return fmt.Errorf("write packet: interface %d does not exist (have %d)",
+			r.Iface, len(w.ifaces))
+	}
+
+	if w.closed {
+		return errors.New("write packet: writer is closed")
+	}
+
+	data := r.Data
+	if snap := w.ifaces[r.Iface].SnapLen; snap > 0 && uint32(len(data)) > snap {
+		data = data[:snap]
+	}
+
+	if err := w.writeEPB(r, data); err != nil {
+		return fmt.Errorf("write packet: %w", err)
+	}
+
+	w.packets[r.Iface]++
+	w.stats.packets.Add(1)
+	w.stats.bytes.Add(uint64(len(data)))
+
+	return nil
+}
+
+// Block and option codes of the pcapng specification.
+const (
+	blockEPB     = 6
+	optEnd       = 0
+	optComment   = 1
+	optEPBFlags  = 2
+	epbFixedSize = 32 // type, length, interface, 2x timestamp, 2x length, trailing length
+)
+
+// writeEPB writes the block header, the data and the options; the buffered
+// writer makes the three writes one.
+func (w *Writer) writeEPB(r *Record, data []byte) error {
+	opts := w.options(r)
+	pad := padLen(len(data))
+	total := epbFixedSize + len(data) + pad + len(opts)
+
+	origLen := max(r.OrigLen, len(r.Data))
+	ts := uint64(r.Time.UnixNano())
+
+	h := w.hdr[:]
+	binary.LittleEndian.PutUint32(h[0:], blockEPB)
+	binary.LittleEndian.PutUint32(h[4:], uint32(total))
+	binary.LittleEndian.PutUint32(h[8:], uint32(r.Iface))
+	binary.LittleEndian.PutUint32(h[12:], uint32(ts>>32))
+	binary.LittleEndian.PutUint32(h[16:], uint32(ts))
+	binary.LittleEndian.PutUint32(h[20:], uint32(len(data)))
+	binary.LittleEndian.PutUint32(h[24:], uint32(origLen))
+	w.bw.Write(h)
+	w.bw.Write(data)
+
+	var zero [4]byte
+	w.bw.Write(zero[:pad])
+	w.bw.Write(opts)
+	binary.LittleEndian.PutUint32(zero[:], uint32(total))
+	_, err := w.bw.Write(zero[:])
+
+	return err // bufio.Writer keeps the first error and returns it from every call
+}
+
+// options builds the packet's options (comment, flags, end) in w.opt.
+func (w *Writer) options(r *Record) []byte {
+	b := w.opt[:0]
+	if r.Pid != 0 || r.Comm != "" {
+		start := len(b)
+		b = appendComment(append(b, 0, 0, 0, 0), r)
+		b = endOption(b, start, optComment)
+	}
+
+	if r.Direction == DirInbound || r.Direction == DirOutbound {
+		start := len(b)
+		b = binary.LittleEndian.AppendUint32(append(b, 0, 0, 0, 0), uint32(r.Direction))
+		b = endOption(b, start, optEPBFlags)
+	}
+
+	if len(b) > 0 {
+		b = binary.LittleEndian.AppendUint32(b, optEnd)
+	}
+	w.opt = b
+
+	return b
+}
+
+// endOption fills the header of the option that starts at start (4 bytes
+// reserved by the caller, then the value) and pads the value.
+func endOption(b []byte, start int, code uint16) []byte {
+	n := len(b) - start - 4
+	binary.LittleEndian.PutUint16(b[start:], code)
+	binary.LittleEndian.PutUint16(b[start+2:], uint16(n))
+
+	var zero [4]byte
+
+	return append(b, zero[:padLen(n)]...)
+}
+
+// appendComment writes "pid=1234 comm=curl", leaving out an unknown part.
+// comm comes from the kernel and may hold any bytes: the comment must be
+// UTF-8, so other bytes and control characters become '?'.
+func appendComment(b []byte, r *Record) []byte {
+	if r.Pid != 0 {
+		b = append(b, "pid="...)
+		b = strconv.AppendUint(b, uint64(r.Pid), 10)
+	}
+
+	if r.Comm == "" {
+		return b
+	}
+
+	if r.Pid != 0 {
+		b = append(b, ' ')
+	}
+	b = append(b, "comm="...)
+
+	for _, c := range []byte(r.Comm) {
+		if c < 0x20 || c >= utf8.RuneSelf || c == 0x7f {
+			c = '?'
+		}
+		b = append(b, c)
+	}
+
+	return b
+}
+
+func padLen(n int) int { return (4 - n&3) & 3 }
+
+// AddDropped records that n packets of interface iface were lost before they
+// reached the Writer, and is not safe concurrently with writes. Close writes the total into the file's statistics
+// (Wireshark's "dropped" count), and Stats reports it.
+func (w *Writer) AddDropped(iface int, n uint64) {
+	if iface >= 0 && iface < len(w.dropped) {
+		w.dropped[iface] += n
+		w.stats.dropped.Add(n)
+	}
+}
+
+// Stats returns the counts so far. It is safe to call concurrently with
+// writes.
+func (w *Writer) Stats() Stats {
+	return Stats{
+		Packets: w.stats.packets.Load(),
+		Bytes:   w.stats.bytes.Load(),
+		Dropped: w.stats.dropped.Load(),
+	}
+}
+
+// Flush writes buffered blocks to the underlying writer.
+func (w *Writer) Flush() error {
+	if err := w.bw.Flush(); err != nil {
+		return fmt.Errorf("flush pcapng: %w", err)
+	}
+
+	return nil
+}
+
+// Close writes an Interface Statistics Block per interface (packets written,
+// packets dropped, start and end time) and flushes. It does not close the
+// underlying writer. Later writes fail; a second Close does nothing.
+func (w *Writer) Close() error {
+	if w.closed {
+		return nil
+	}
+	w.closed = true
+
+	end := time.Now()
+	for i := range w.ifaces {
+		err := w.ng.WriteInterfaceStats(i, pcapgo.NgInterfaceStatistics{
+			LastUpdate:      end,
+			StartTime:       w.start,
+			EndTime:         end,
+			PacketsReceived: w.packets[i] + w.dropped[i],
+			PacketsDropped:  w.dropped[i],
+		})
+		if err != nil {
+			return fmt.Errorf("write pcapng statistics of interface %d: %w", i, err)
+		}
+	}
+
+	if err := w.ng.Flush(); err != nil {
+		return fmt.Errorf("write pcapng statistics: %w", err)
+	}
+
+	return w.Flush()
+}

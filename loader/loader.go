@@ -1,0 +1,217 @@
+// Package loader loads childflow's eBPF programs, fills their maps, attaches
+// them to a run cgroup with BPF links, and reads their ring buffers into Go
+// values. It is the only user of package gen.
+//
+// Every program is attached with a BPF link, so closing the Tracer (or the
+// process dying) detaches everything: nothing survives a run. The control
+// event ring buffer is sized so that it should never overflow; the packet ring
+// buffer may, under load. Every record the kernel could not reserve is counted
+// in a per-CPU table that Loss reads.
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"github.com/childflow/childflow/gen"
+)
+
+// Policy switches, the same bits as enum cf_policy_flag in bpf/childflow.h.
+const (
+	PolicyActive        uint32 = 1 << 0
+	PolicyOffline       uint32 = 1 << 1
+	PolicyBlockPrivate  uint32 = 1 << 2
+	PolicyBlockMetadata uint32 = 1 << 3
+	PolicyDefaultDeny   uint32 = 1 << 4
+	PolicyProxyOnly     uint32 = 1 << 5
+	PolicyAudit         uint32 = 1 << 6
+	PolicyProxyLoopback uint32 = 1 << 7
+)
+
+// Rule is one CIDR rule of the policy with its stable index, which comes back
+// in violations as Event.Rule.
+type Rule struct {
+	Prefix netip.Prefix
+	Index  uint32
+}
+
+// Config sets what the programs do. Ports are those of the DNS forwarder and
+// the proxy relay on 127.0.0.1 and ::1; zero disables the redirect.
+type Config struct {
+	Policy      uint32
+	Deny, Allow []Rule
+
+	Capture bool
+	SnapLen uint32
+	// PacketRing is the size in bytes of the packet ring buffer, a power of
+	// two multiple of the page size. Zero means 32 MiB.
+	PacketRing uint32
+
+	DNSPort4, DNSPort6     uint16
+	ProxyPort4, ProxyPort6 uint16
+}
+
+// Tracer owns the loaded programs and maps and the links that attach them.
+// Close releases everything; it is safe to call more than once.
+type Tracer struct {
+	objs    gen.ChildflowObjects
+	links   []link.Link
+	clock   clockOffset
+	events  *ringbuf.Reader
+	packets *ringbuf.Reader
+}
+
+// ErrPermission means the programs could not be loaded for lack of
+// privileges (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON).
+var ErrPermission = errors.New("not permitted to load BPF programs")
+
+// Load loads the programs with cfg and fills the policy maps. The Tracer is
+// not attached yet.
+func Load(cfg Config) (*Tracer, error) {
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+	_ = rlimit.RemoveMemlock()
+
+	spec, err := gen.LoadChildflow()
+	if err != nil {
+		return nil, fmt.Errorf("read embedded BPF objects: %w", err)
+	}
+	if err := configure(spec, cfg); err != nil {
+		return nil, err
+	}
+
+	t := &Tracer{clock: newClockOffset()}
+	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("load BPF programs: %w: %w", ErrPermission, err)
+		}
+		return nil, fmt.Errorf("load BPF programs: %w", err)
+	}
+	if err := t.fillPolicy(cfg); err != nil {
+		t.Close()
+		return nil, err
+	}
+
+	return t, nil
+}
+
+func configure(spec *ebpf.CollectionSpec, cfg Config) error {
+	snap := cfg.SnapLen
+	if snap == 0 || snap > 65536 {
+		snap = 65536
+	}
+	vars := map[string]any{
+		gen.ChildflowVarCfCfgPolicy:     cfg.Policy,
+		gen.ChildflowVarCfCfgCapture:    boolU32(cfg.Capture),
+		gen.ChildflowVarCfCfgSnaplen:    snap,
+		gen.ChildflowVarCfCfgDns:        boolU32(cfg.DNSPort4 != 0 || cfg.DNSPort6 != 0),
+		gen.ChildflowVarCfCfgDnsPort4:   cfg.DNSPort4,
+		gen.ChildflowVarCfCfgDnsPort6:   cfg.DNSPort6,
+		gen.ChildflowVarCfCfgProxy:      boolU32(cfg.ProxyPort4 != 0 || cfg.ProxyPort6 != 0),
+		gen.ChildflowVarCfCfgProxyPort4: cfg.ProxyPort4,
+		gen.ChildflowVarCfCfgProxyPort6: cfg.ProxyPort6,
+	}
+	for name, v := range vars {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set BPF variable %s: %w", name, err)
+		}
+	}
+
+	ring := cfg.PacketRing
+	if ring == 0 {
+		ring = 32 << 20
+	}
+	if !cfg.Capture {
+		// The map must exist; keep it at its smallest.
+		ring = uint32(os.Getpagesize())
+	}
+	spec.Maps[gen.ChildflowMapCfPackets].MaxEntries = ring
+
+	return nil
+}
+
+func boolU32(b bool) uint32 {
+	if b {
+		return 1
+	}
+
+	return 0
+}
+
+// AttachTypes lists the hooks in attach order: the observers first, the
+// packet programs last.
+var attachOrder = []struct {
+	typ  ebpf.AttachType
+	prog func(*gen.ChildflowPrograms) *ebpf.Program
+}{
+	{ebpf.AttachCGroupInetSockCreate, func(p *gen.ChildflowPrograms) *ebpf.Program { return p.CfSockCreate }},
+	{ebpf.AttachCgroupInetSockRelease, func(p *gen.ChildflowPrograms) *ebpf.Program { return p.CfSockRelease }},
+	{ebpf.AttachCGroupSockOps, func(p *gen.ChildflowPrograms) *ebpf.Program { return p.CfSockops }},
+	{ebpf.AttachCGroupInet4Connect, func(p *gen.ChildflowPrograms) *ebpf.Program { return p.CfConnect4 }},
+	{ebpf.AttachCGroupInet6Connect, func(p *gen.ChildflowPrograms) *ebpf.Program { return p.CfConnect6 }},
+	{ebpf.AttachCGroupUDP4Sendmsg, func(p *gen.ChildflowPrograms) *ebpf.Program { return p.CfSendmsg4 }},
+	{ebpf.AttachCGroupUDP6Sendmsg, func(p *gen.ChildflowPrograms) *ebpf.Program { return p.CfSendmsg6 }},
+	{ebpf.AttachCGroupUDP4Recvmsg, func(p *gen.ChildflowPrograms) *ebpf.Program { return p.CfRecvmsg4 }},
+	{ebpf.AttachCGroupUDP6Recvmsg, func(p *gen.ChildflowPrograms) *ebpf.Program { return p.CfRecvmsg6 }},
+	{ebpf.AttachCGroupInetEgress, func(p *gen.ChildflowPrograms) *ebpf.Program { return p.CfEgress }},
+	{ebpf.AttachCGroupInetIngress, func(p *gen.ChildflowPrograms) *ebpf.Program { return p.CfIngress }},
+}
+
+// Attach attaches every program to the cgroup at path with BPF links.
+func (t *Tracer) Attach(cgroupPath string) error {
+	for _, a := range attachOrder {
+		prog := a.prog(&t.objs.ChildflowPrograms)
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cgroupPath, Attach: a.typ, Program: prog})
+		if err != nil {
+			return fmt.Errorf("attach %s to cgroup %s: %w", a.typ, cgroupPath, err)
+		}
+		t.links = append(t.links, l)
+	}
+
+	return nil
+}
+
+// Close detaches and releases everything the Tracer holds.
+func (t *Tracer) Close() error {
+	var errs []error
+	for _, l := range t.links {
+		errs = append(errs, l.Close())
+	}
+	t.links = nil
+	if t.events != nil {
+		errs = append(errs, t.events.Close())
+		t.events = nil
+	}
+	if t.packets != nil {
+		errs = append(errs, t.packets.Close())
+		t.packets = nil
+	}
+	errs = append(errs, t.objs.Close())
+
+	return errors.Join(errs...)
+}
+
+// clockOffset converts bpf_ktime_get_ns (CLOCK_MONOTONIC) to wall time.
+type clockOffset struct {
+	wall time.Time
+	mono int64
+}
+
+func newClockOffset() clockOffset {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+
+	return clockOffset{wall: time.Now(), mono: ts.Nano()}
+}
+
+func (c clockOffset) time(ns uint64) time.Time {
+	return c.wall.Add(time.Duration(int64(ns) - c.mono))
+}

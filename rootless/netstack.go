@@ -1,0 +1,269 @@
+package rootless
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/fdbased"
+	"gvisor.dev/gvisor/pkg/tcpip/link/nested"
+	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+	"golang.org/x/sys/unix"
+)
+
+const nicID tcpip.NICID = 1
+
+// gatewayMAC is the netstack's link address on the tap.
+var gatewayMAC = tcpip.LinkAddress("\x02\xcf\x00\x00\x00\x02")
+
+// TCP buffer sizes of the netstack's endpoints: large enough that one flow
+// over the 64 KiB-MTU tap is not window-limited on a fast host.
+const (
+	tcpBufDefault = 1 << 20
+	tcpBufMax     = 8 << 20
+)
+
+// netStack is the parent's side of the tap: gVisor's netstack with TCP and
+// UDP forwarders that police, log, dial from the host and splice.
+type netStack struct {
+	cfg      *Config
+	log      *slog.Logger
+	st       *stack.Stack
+	tap      int
+	procRoot int
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	nextID                     atomic.Uint64
+	flowsN, denied, failed     atomic.Uint64
+	bytesOut, bytesIn, dropped atomic.Uint64
+
+	mu        sync.Mutex
+	open      map[uint64]*flow
+	services  map[*flow]struct{}
+	udpDenied map[stack.TransportEndpointID]time.Time
+	closed    bool
+}
+
+func newNetStack(tap int, cfg *Config, log *slog.Logger) (*netStack, error) {
+	ns := &netStack{
+		cfg: cfg, log: log, tap: tap,
+		open:      make(map[uint64]*flow),
+		services:  make(map[*flow]struct{}),
+		udpDenied: make(map[stack.TransportEndpointID]time.Time),
+	}
+	ns.ctx, ns.cancel = context.WithCancel(context.Background())
+
+	link, err := ns.newLink()
+	if err != nil {
+		return nil, err
+	}
+
+	ns.st = stack.New(stack.Options{
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol, arp.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
+	})
+
+	if err := ns.configure(link); err != nil {
+		ns.st.Close()
+		return nil, err
+	}
+
+	return ns, nil
+}
+
+func (ns *netStack) newLink() (stack.LinkEndpoint, error) {
+	ep, err := fdbased.New(&fdbased.Options{
+		FDs:            []int{ns.tap},
+		MTU:            uint32(ns.cfg.MTU),
+		EthernetHeader: true,
+		Address:        gatewayMAC,
+		// The tap's frames come from the local kernel, which has already
+		// computed their checksums.
+		RXChecksumOffload: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create tap endpoint: %w", err)
+	}
+
+	l := &tapLink{ns: ns}
+	l.Endpoint.Init(ep, l)
+
+	return l, nil
+}
+
+// configure creates the NIC (promiscuous and spoofing, so that it accepts and
+// answers for every destination), the gateway addresses, routes, TCP tuning
+// and the forwarders.
+func (ns *netStack) configure(link stack.LinkEndpoint) error {
+	if err := ns.st.CreateNIC(nicID, link); err != nil {
+		return fmt.Errorf("create NIC: %s", err)
+	}
+
+	ns.st.SetPromiscuousMode(nicID, true)
+	ns.st.SetSpoofing(nicID, true)
+
+	for _, gw := range []netip.Prefix{netip.PrefixFrom(Gateway4, 24), netip.PrefixFrom(Gateway6, 64)} {
+		if err := ns.addAddress(gw); err != nil {
+			return err
+		}
+	}
+
+	ns.st.SetRouteTable([]tcpip.Route{
+		{Destination: header.IPv4EmptySubnet, NIC: nicID},
+		{Destination: header.IPv6EmptySubnet, NIC: nicID},
+	})
+
+	if err := ns.tuneTCP(); err != nil {
+		return err
+	}
+
+	fwd := tcp.NewForwarder(ns.st, 0, 4096, ns.handleTCP)
+	ns.st.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
+	ns.st.SetTransportProtocolHandler(udp.ProtocolNumber, ns.handleUDP)
+
+	return nil
+}
+
+func (ns *netStack) addAddress(p netip.Prefix) error {
+	proto := ipv4.ProtocolNumber
+	if p.Addr().Is6() {
+		proto = ipv6.ProtocolNumber
+	}
+
+	pa := tcpip.ProtocolAddress{
+		Protocol:          proto,
+		AddressWithPrefix: tcpip.AddrFromSlice(p.Addr().AsSlice()).WithPrefix(),
+	}
+	pa.AddressWithPrefix.PrefixLen = p.Bits()
+
+	if err := ns.st.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
+		return fmt.Errorf("add gateway address %s: %s", p, err)
+	}
+
+	return nil
+}
+
+func (ns *netStack) tuneTCP() error {
+	sack := tcpip.TCPSACKEnabled(true)
+	moderate := tcpip.TCPModerateReceiveBufferOption(true)
+	cc := tcpip.CongestionControlOption("cubic")
+	opts := []tcpip.SettableTransportProtocolOption{
+		&sack, &moderate, &cc,
+		&tcpip.TCPSendBufferSizeRangeOption{Min: 4096, Default: tcpBufDefault, Max: tcpBufMax},
+		&tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: tcpBufDefault, Max: tcpBufMax},
+	}
+
+	for _, o := range opts {
+		if err := ns.st.SetTransportProtocolOption(tcp.ProtocolNumber, o); err != nil {
+			return fmt.Errorf("set TCP option %T: %s", o, err)
+		}
+	}
+
+	return nil
+}
+
+// shutdown closes every open flow (marking it open at exit), waits a bounded
+// time for the relays to emit their flow_end events, and stops the stack.
+func (ns *netStack) shutdown() {
+	ns.mu.Lock()
+	ns.closed = true
+	open := make([]*flow, 0, len(ns.open))
+	for _, f := range ns.open {
+		open = append(open, f)
+	}
+	for f := range ns.services {
+		open = append(open, f)
+	}
+	ns.mu.Unlock()
+
+	for _, f := range open {
+		f.openAtExit.Store(true)
+		f.abort()
+	}
+	ns.cancel()
+
+	done := make(chan struct{})
+	go func() { ns.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		ns.log.Warn("rootless relays did not stop in time")
+	}
+
+	ns.st.Close()
+	ns.st.Wait()
+	unix.Close(ns.tap)
+}
+
+func (ns *netStack) stats() Stats {
+	return Stats{
+		Flows: ns.flowsN.Load(), Denied: ns.denied.Load(), Failed: ns.failed.Load(),
+		BytesOut: ns.bytesOut.Load(), BytesIn: ns.bytesIn.Load(),
+		Dropped: ns.dropped.Load() + ns.st.Stats().DroppedPackets.Value(),
+	}
+}
+
+// tapLink wraps the tap endpoint to copy frames to Capture and to take ICMP
+// echo requests out of the netstack (which would answer them for any
+// address itself) to the host's ping sockets.
+type tapLink struct {
+	nested.Endpoint
+	ns *netStack
+}
+
+// DeliverNetworkPacket implements stack.NetworkDispatcher.
+func (l *tapLink) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	var frame []byte
+	if l.ns.cfg.Capture != nil {
+		frame = pkt.ToView().AsSlice()
+		l.ns.cfg.Capture(time.Now(), frame)
+	}
+
+	if isEchoRequest(proto, pkt) {
+		if frame == nil {
+			frame = pkt.ToView().AsSlice()
+		}
+		l.ns.handleEcho(frame)
+		return
+	}
+
+	l.Endpoint.DeliverNetworkPacket(proto, pkt)
+}
+
+// WritePackets implements stack.LinkEndpoint.
+func (l *tapLink) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	if l.ns.cfg.Capture != nil {
+		now := time.Now()
+		for _, pkt := range pkts.AsSlice() {
+			l.ns.cfg.Capture(now, pkt.ToView().AsSlice())
+		}
+	}
+
+	return l.Endpoint.WritePackets(pkts)
+}
+
+// writeFrame writes a frame built outside the netstack (ICMP replies) to the
+// tap.
+func (ns *netStack) writeFrame(frame []byte) {
+	if ns.cfg.Capture != nil {
+		ns.cfg.Capture(time.Now(), frame)
+	}
+
+	if _, err := unix.Write(ns.tap, frame); err != nil {
+		ns.dropped.Add(1)
+	}
+}
