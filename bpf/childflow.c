@@ -266,13 +266,13 @@ static __always_inline __u8 cf_evaluate(const __u8 *a, __u8 family, int proxyabl
 
 	__u32 *idx = cf_lpm(a, family, 1);
 	if (idx) {
-		*rule = *idx + 1;
+		*rule = *idx;
 		return CF_R_DENY_CIDR;
 	}
 
 	struct cf_learned *l = bpf_map_lookup_elem(&cf_ips, a);
 	if (l && !l->allowed) {
-		*rule = l->rule + 1;
+		*rule = l->rule;
 		return l->reason;
 	}
 	if (cf_lpm(a, family, 0) || (l && l->allowed)) {

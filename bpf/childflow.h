@@ -82,7 +82,7 @@ struct cf_event {
 	__u32 tgid;
 	__u32 pid;
 	__u32 err;   /* errno of a failed connect */
-	__u32 rule;  /* matched rule index + 1, 0 for none */
+	__u32 rule;  /* matched rule index (from 1), 0 for none */
 	__u32 count; /* violations summed into this one */
 	__u16 dport;
 	__u16 sport;

@@ -8,9 +8,9 @@
 // known, the direction in epb_flags (frame.packet_flags_direction).
 // Timestamps have nanosecond resolution.
 //
-// pcapng has no standard per-packet process option that Wireshark decodes:
-// Apple's process information blocks are vendor-specific and Wireshark 4.0
-// ignores them, so the comment is the portable carrier.
+// pcapng has no standard per-packet process option: Apple's process
+// information blocks are vendor-specific and tshark 4.0 has no field for them
+// (checked with tshark -G fields), so the comment is the portable carrier.
 //
 // A Writer is not safe for concurrent writes; Stats may be called from any
 // goroutine.
@@ -212,11 +212,10 @@ func (w *Writer) writeEPB(r *Record, data []byte) error {
 	w.bw.Write(h)
 	w.bw.Write(data)
 
-	var zero [4]byte
-	w.bw.Write(zero[:pad])
+	w.bw.Write(zeros[:pad])
 	w.bw.Write(opts)
-	binary.LittleEndian.PutUint32(zero[:], uint32(total))
-	_, err := w.bw.Write(zero[:])
+	binary.LittleEndian.PutUint32(h[:4], uint32(total))
+	_, err := w.bw.Write(h[:4])
 
 	return err // bufio.Writer keeps the first error and returns it from every call
 }
@@ -251,10 +250,11 @@ func endOption(b []byte, start int, code uint16) []byte {
 	binary.LittleEndian.PutUint16(b[start:], code)
 	binary.LittleEndian.PutUint16(b[start+2:], uint16(n))
 
-	var zero [4]byte
-
-	return append(b, zero[:padLen(n)]...)
+	return append(b, zeros[:padLen(n)]...)
 }
+
+// maxComm bounds the comm written; the kernel's is at most 15 bytes.
+const maxComm = 64
 
 // appendComment writes "pid=1234 comm=curl", leaving out an unknown part.
 // comm comes from the kernel and may hold any bytes: the comment must be
@@ -274,7 +274,8 @@ func appendComment(b []byte, r *Record) []byte {
 	}
 	b = append(b, "comm="...)
 
-	for _, c := range []byte(r.Comm) {
+	comm := r.Comm[:min(len(r.Comm), maxComm)]
+	for _, c := range []byte(comm) {
 		if c < 0x20 || c >= utf8.RuneSelf || c == 0x7f {
 			c = '?'
 		}
@@ -284,11 +285,15 @@ func appendComment(b []byte, r *Record) []byte {
 	return b
 }
 
+// zeros is padding; never written to.
+var zeros [4]byte
+
 func padLen(n int) int { return (4 - n&3) & 3 }
 
 // AddDropped records that n packets of interface iface were lost before they
-// reached the Writer, and is not safe concurrently with writes. Close writes the total into the file's statistics
-// (Wireshark's "dropped" count), and Stats reports it.
+// reached the Writer. Close writes the total into the interface statistics
+// (isb_ifdrop) and Stats reports it. Like the writes, it is not safe for
+// concurrent use.
 func (w *Writer) AddDropped(iface int, n uint64) {
 	if iface >= 0 && iface < len(w.dropped) {
 		w.dropped[iface] += n

@@ -53,7 +53,7 @@ func parseHostsLine(hosts map[string][]netip.Addr, text string) error {
 
 	for _, f := range fields[1:] {
 		name := normalizeName(f)
-		if _, ok := mdns.IsDomainName(name); !ok || name == "." {
+		if !validHostName(f) {
 			return fmt.Errorf("invalid name %q", f)
 		}
 		if !containsAddr(hosts[name], addr) {
@@ -62,6 +62,19 @@ func parseHostsLine(hosts map[string][]netip.Addr, text string) error {
 	}
 
 	return nil
+}
+
+// validHostName accepts a DNS name other than the root made of printable
+// ASCII, without the backslash escapes of the zone-file format.
+func validHostName(name string) bool {
+	for i := range len(name) {
+		if name[i] <= ' ' || name[i] > '~' || name[i] == '\\' {
+			return false
+		}
+	}
+	_, ok := mdns.IsDomainName(name)
+
+	return ok && name != "."
 }
 
 func containsAddr(addrs []netip.Addr, a netip.Addr) bool {

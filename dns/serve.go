@@ -278,9 +278,10 @@ func (f *Forwarder) finish(w mdns.ResponseWriter, q *query, req, resp *mdns.Msg,
 	}
 
 	resp.Compress = true
-	if q.proto == "udp" && !resp.Truncated {
+	if q.proto == "udp" {
+		was := resp.Truncated
 		resp.Truncate(q.udpSize)
-		if resp.Truncated {
+		if resp.Truncated && !was {
 			f.stats.truncated.Add(1)
 			sum = nil
 		}

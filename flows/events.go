@@ -120,8 +120,11 @@ type FlowEnd struct {
 	Remote
 	Proc
 	Names
-	FlowID     uint64 `json:"flow_id,omitempty"`
-	ViaProxy   bool   `json:"via_proxy,omitempty"`
+	FlowID   uint64 `json:"flow_id,omitempty"`
+	ViaProxy bool   `json:"via_proxy,omitempty"`
+	// Direction is "in" for a connection the tree accepted; "" (left out)
+	// for one it opened.
+	Direction  string `json:"direction,omitempty"`
 	BytesOut   uint64 `json:"bytes_out"`
 	BytesIn    uint64 `json:"bytes_in"`
 	PacketsOut uint64 `json:"packets_out"`

@@ -17,6 +17,7 @@ type InputError struct {
 	Want   string
 }
 
+// Error returns "invalid FLAG "VALUE": DETAIL (want WANT)".
 func (e *InputError) Error() string {
 	return fmt.Sprintf("invalid %s %q: %s (want %s)", e.Flag, e.Value, e.Detail, e.Want)
 }

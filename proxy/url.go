@@ -168,14 +168,15 @@ func (u *URL) setHostPort(host, port string, bracketed bool) string {
 }
 
 // bracketHint suggests the bracketed form of an unbracketed IPv6 host:port.
+// "::1:3128" is itself an address; the hint assumes a port was meant.
 func bracketHint(hp string) string {
-	if _, err := netip.ParseAddr(hp); err == nil {
-		return "[" + hp + "]:PORT"
-	}
-
 	i := strings.LastIndexByte(hp, ':')
 	if _, err := netip.ParseAddr(hp[:i]); err == nil {
 		return "[" + hp[:i] + "]" + hp[i:]
+	}
+
+	if _, err := netip.ParseAddr(hp); err == nil {
+		return "[" + hp + "]:PORT"
 	}
 
 	return "[ADDRESS]:PORT"

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -75,7 +76,7 @@ func (c *netlinkConn) readAck() error {
 			return err
 		}
 
-		msgs, err := unix.ParseNetlinkMessage(buf[:n])
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
 		if err != nil {
 			return err
 		}

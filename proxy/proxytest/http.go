@@ -35,10 +35,7 @@ func (s *HTTPS) CertPool() *x509.CertPool { return s.pool }
 func StartHTTP(t testing.TB, opts Options) *Server {
 	t.Helper()
 
-	s := start(t, "http", opts, func(ln net.Listener) net.Listener { return ln })
-	s.serve = s.serveHTTP
-
-	return s
+	return start(t, "http", opts, nil, (*Server).serveHTTP)
 }
 
 // StartHTTPS starts the proxy of StartHTTP behind TLS, with a certificate
@@ -50,8 +47,7 @@ func StartHTTPS(t testing.TB, opts Options) *HTTPS {
 	conf := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	s := start(t, "https", opts, func(ln net.Listener) net.Listener {
 		return tls.NewListener(ln, conf)
-	})
-	s.serve = s.serveHTTP
+	}, (*Server).serveHTTP)
 
 	return &HTTPS{Server: s, pool: pool}
 }

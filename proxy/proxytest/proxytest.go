@@ -55,7 +55,10 @@ type Server struct {
 	closed   bool
 }
 
-func start(t testing.TB, scheme string, opts Options, wrap func(net.Listener) net.Listener) *Server {
+// start starts a server whose connections are handled by serve; wrap, when
+// not nil, wraps its listener.
+func start(t testing.TB, scheme string, opts Options, wrap func(net.Listener) net.Listener,
+	serve func(*Server, net.Conn)) *Server {
 	t.Helper()
 
 	if opts.Listen == "" {
@@ -67,7 +70,12 @@ func start(t testing.TB, scheme string, opts Options, wrap func(net.Listener) ne
 		t.Fatalf("start %s test proxy: %v", scheme, err)
 	}
 
-	s := &Server{scheme: scheme, opts: opts, ln: wrap(ln), conns: map[net.Conn]struct{}{}}
+	if wrap != nil {
+		ln = wrap(ln)
+	}
+
+	s := &Server{scheme: scheme, opts: opts, ln: ln, conns: map[net.Conn]struct{}{}}
+	s.serve = func(c net.Conn) { serve(s, c) }
 	t.Cleanup(s.Close)
 	s.wg.Add(1)
 	go s.accept()
@@ -261,8 +269,8 @@ func StartOrigin(t testing.TB, addr string) *Origin {
 	t.Helper()
 
 	o := &Origin{}
-	o.srv = start(t, "tcp", Options{Listen: addr}, func(ln net.Listener) net.Listener { return ln })
-	o.srv.serve = o.serve
+	o.srv = start(t, "tcp", Options{Listen: addr}, nil,
+		func(_ *Server, c net.Conn) { o.serve(c) })
 
 	return o
 }

@@ -33,10 +33,7 @@ const (
 func StartSOCKS5(t testing.TB, opts Options) *Server {
 	t.Helper()
 
-	s := start(t, "socks5", opts, func(ln net.Listener) net.Listener { return ln })
-	s.serve = s.serveSOCKS5
-
-	return s
+	return start(t, "socks5", opts, nil, (*Server).serveSOCKS5)
 }
 
 func (s *Server) serveSOCKS5(c net.Conn) {

@@ -1,0 +1,246 @@
+package trace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/childflow/childflow/dns"
+	"github.com/childflow/childflow/flows"
+	"github.com/childflow/childflow/loader"
+	"github.com/childflow/childflow/policy"
+	"github.com/childflow/childflow/proxy"
+)
+
+// services are the user-space parts of a run: the DNS forwarder and the
+// proxy relay. The eBPF programs send the tree's DNS and (with --proxy) TCP to
+// them; they find the original destination through the tracer's client table.
+type services struct {
+	o      *Options
+	fwd    *dns.Forwarder
+	relay  *proxy.Relay
+	dialer *proxy.Dialer
+	names  *dns.Names
+	tracer *atomic.Pointer[loader.Tracer]
+
+	// serverName returns the TLS/HTTP name a flow sent (set by the run).
+	serverName func(cookie uint64) string
+	warnings   []string
+}
+
+func startServices(ctx context.Context, o *Options, sink flows.Sink,
+	tracer *atomic.Pointer[loader.Tracer], onViolation func(*flows.PolicyViolation)) (*services, error) {
+	s := &services{o: o, tracer: tracer, names: dns.NewNames(dns.NamesConfig{})}
+	counted := flows.SinkFunc(func(ev flows.Event) {
+		if v, ok := ev.(*flows.PolicyViolation); ok {
+			onViolation(v)
+		}
+		sink.Emit(ev)
+	})
+
+	if !o.NoDNS {
+		if err := s.startDNS(ctx, counted); err != nil {
+			s.close()
+			return nil, err
+		}
+	}
+	if o.Proxy != nil {
+		if err := s.startRelay(counted); err != nil {
+			s.close()
+			return nil, err
+		}
+	}
+
+	return s, nil
+}
+
+func (s *services) startDNS(ctx context.Context, sink flows.Sink) error {
+	cfg := dns.Config{
+		Upstreams: s.o.DNSUpstreams,
+		Sink:      sink,
+		Logger:    s.o.Logger,
+		Names:     s.names,
+		Client:    s.dnsClient,
+		Learn:     s.learn,
+	}
+	if p := s.o.Policy; p != nil {
+		cfg.Offline = p.Config().Offline
+		cfg.Policy = namePolicy{p}
+	}
+	if s.o.HostsFile != "" {
+		hosts, err := dns.ReadHostsFile(s.o.HostsFile)
+		if err != nil {
+			return &UsageError{Msg: fmt.Sprintf("cannot read --hosts-file %s: %v", s.o.HostsFile, err)}
+		}
+		cfg.Hosts = hosts
+	}
+
+	fwd, err := dns.Start(ctx, cfg)
+	if errors.Is(err, dns.ErrNoNameserver) {
+		s.warnings = append(s.warnings, "no nameserver in /etc/resolv.conf and no --dns: "+
+			"DNS of the tree is not redirected or logged")
+		return nil
+	}
+	if err != nil {
+		return &Failure{Phase: flows.PhasePreflight, Reason: "dns_forwarder", Err: err}
+	}
+	s.fwd = fwd
+
+	return nil
+}
+
+func (s *services) startRelay(sink flows.Sink) error {
+	s.dialer = proxy.NewDialer(s.o.Proxy, proxy.Options{Timeout: s.o.ProxyTimeout})
+	relay, err := proxy.NewRelay(proxy.RelayConfig{
+		Dialer: s.dialer,
+		Lookup: s.relayLookup,
+		Sink:   sink,
+		Logger: s.o.Logger,
+	})
+	if err != nil {
+		return &Failure{Phase: flows.PhasePreflight, Reason: "proxy_relay", Err: err}
+	}
+	s.relay = relay
+
+	return nil
+}
+
+// dnsPorts returns the forwarder's ports on 127.0.0.1 and ::1 (0 when off).
+func (s *services) dnsPorts() (uint16, uint16) {
+	if s.fwd == nil {
+		return 0, 0
+	}
+
+	return loopbackPorts(s.fwd.Addrs())
+}
+
+// relayPorts returns the relay's ports on 127.0.0.1 and ::1 (0 when off).
+func (s *services) relayPorts() (uint16, uint16) {
+	if s.relay == nil {
+		return 0, 0
+	}
+
+	return loopbackPorts(s.relay.Addrs())
+}
+
+func loopbackPorts(addrs []netip.AddrPort) (p4, p6 uint16) {
+	for _, a := range addrs {
+		if a.Addr().Is4() {
+			p4 = a.Port()
+		} else {
+			p6 = a.Port()
+		}
+	}
+	if p6 == 0 {
+		p6 = p4 // no IPv6 loopback: IPv6 sockets reach it IPv4-mapped
+	}
+
+	return p4, p6
+}
+
+func (s *services) namesOf(ip netip.Addr) []string {
+	return s.names.Lookup(ip.Unmap())
+}
+
+func (s *services) dnsClient(src netip.AddrPort, proto string) (dns.ClientInfo, bool) {
+	t := s.tracer.Load()
+	if t == nil {
+		return dns.ClientInfo{}, false
+	}
+	p := uint8(syscall.IPPROTO_UDP)
+	if proto == "tcp" {
+		p = syscall.IPPROTO_TCP
+	}
+	c, ok := t.Client(src.Port(), p)
+	if !ok {
+		return dns.ClientInfo{}, false
+	}
+
+	return dns.ClientInfo{Server: c.Dst, Pid: c.Tgid, Comm: c.Comm}, true
+}
+
+// learn teaches the programs what the policy says of an address that DNS
+// just resolved, before the answer reaches the program.
+func (s *services) learn(ip netip.Addr, names []string, _ time.Duration) error {
+	t := s.tracer.Load()
+	p := s.o.Policy
+	if t == nil || p == nil {
+		return nil
+	}
+	all := append(append([]string(nil), s.names.Lookup(ip)...), names...)
+	v := p.Evaluate(ip, all, "tcp")
+	switch {
+	case v.Reason == policy.ReasonDenyDomain || v.Reason == policy.ReasonDenyDomainExact:
+		return t.Learn(ip, false, uint8(v.Reason), 0)
+	case v.Reason == policy.ReasonNone && p.Config().DefaultDeny:
+		return t.Learn(ip, true, 0, 0)
+	}
+
+	return nil
+}
+
+func (s *services) relayLookup(client netip.AddrPort) (proxy.Origin, bool) {
+	t := s.tracer.Load()
+	if t == nil {
+		return proxy.Origin{}, false
+	}
+	c, ok := t.Client(client.Port(), syscall.IPPROTO_TCP)
+	if !ok {
+		return proxy.Origin{}, false
+	}
+	o := proxy.Origin{
+		Target: proxy.Target{Addr: c.Dst},
+		Proc:   flows.Proc{Pid: c.Tgid, Comm: c.Comm},
+		FlowID: c.Cookie,
+	}
+	if names := s.namesOf(c.Dst.Addr()); len(names) > 0 {
+		o.Target.Name = names[0]
+	}
+
+	return o, true
+}
+
+// report adds the services' own losses to the run's outputs.
+func (s *services) report(sink flows.Sink, res *Result) {
+	res.Warnings = append(res.Warnings, s.warnings...)
+	if s.fwd != nil {
+		st := s.fwd.Stats()
+		if st.Dropped > 0 {
+			sink.Emit(&flows.Loss{Source: "dns", Count: st.Dropped,
+				Detail: "queries answered SERVFAIL because too many were in flight"})
+		}
+	}
+	if s.relay != nil {
+		st := s.relay.Stats()
+		if st.Unknown+st.Rejected > 0 {
+			sink.Emit(&flows.Loss{Source: "proxy", Count: st.Unknown + st.Rejected,
+				Detail: "connections the relay reset: unknown origin or too many at once"})
+		}
+	}
+}
+
+func (s *services) close() {
+	if s.relay != nil {
+		_ = s.relay.Close()
+	}
+	if s.fwd != nil {
+		_ = s.fwd.Close()
+	}
+}
+
+// namePolicy adapts a policy to the forwarder's NamePolicy.
+type namePolicy struct{ p *policy.Policy }
+
+func (n namePolicy) CheckName(name string) (bool, *flows.PolicyViolation) {
+	v := n.p.CheckName(name)
+	if !v.Violates() {
+		return false, nil
+	}
+	ev := v.Violation("dns", netip.AddrPort{}, []string{name})
+
+	return !v.Allowed, ev
+}

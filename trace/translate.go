@@ -1,0 +1,316 @@
+package trace
+
+import (
+	"net/netip"
+	"sync"
+	"syscall"
+
+	"github.com/childflow/childflow/flows"
+	"github.com/childflow/childflow/loader"
+	"github.com/childflow/childflow/policy"
+	"github.com/childflow/childflow/sniff"
+)
+
+// flowState is what the translator remembers of one socket.
+type flowState struct {
+	attempted bool
+	result    bool
+	proto     uint8
+	names     []string
+	server    string
+}
+
+// translator turns the kernel's control events into flow-log events. It is
+// used by the event reader goroutine alone, except for names, which the
+// relay reads.
+type translator struct {
+	sink    flows.Sink
+	policy  *policy.Policy
+	names   func(netip.Addr) []string
+	backend string
+	viol    *violations
+
+	mu    sync.Mutex
+	flows map[uint64]*flowState
+}
+
+func newTranslator(sink flows.Sink, p *policy.Policy, names func(netip.Addr) []string, v *violations) *translator {
+	if names == nil {
+		names = func(netip.Addr) []string { return nil }
+	}
+
+	return &translator{sink: sink, policy: p, names: names, backend: BackendEBPF, viol: v,
+		flows: make(map[uint64]*flowState)}
+}
+
+func protoName(p uint8, family bool) string {
+	switch p {
+	case syscall.IPPROTO_TCP:
+		return "tcp"
+	case syscall.IPPROTO_UDP:
+		return "udp"
+	case syscall.IPPROTO_ICMP:
+		return "icmpv4"
+	case syscall.IPPROTO_ICMPV6:
+		return "icmpv6"
+	}
+	if family {
+		return "raw"
+	}
+
+	return "ip"
+}
+
+func remoteOf(proto string, dst netip.AddrPort) flows.Remote {
+	return flows.Remote{
+		Protocol:   proto,
+		RemoteAddr: dst.String(),
+		RemoteIP:   dst.Addr().String(),
+		RemotePort: int(dst.Port()),
+	}
+}
+
+func (t *translator) state(cookie uint64) *flowState {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+
+	s := t.flows[cookie]
+	if s == nil {
+		s = &flowState{}
+		t.flows[cookie] = s
+	}
+
+	return s
+}
+
+func (t *translator) forget(cookie uint64) {
+	t.mu.Lock()
+	delete(t.flows, cookie)
+	t.mu.Unlock()
+}
+
+// serverName returns the TLS or HTTP server name a flow sent, if seen.
+func (t *translator) serverName(cookie uint64) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s := t.flows[cookie]; s != nil {
+		return s.server
+	}
+
+	return ""
+}
+
+// handle translates one kernel event.
+func (t *translator) handle(e *loader.Event) {
+	switch e.Kind {
+	case loader.KindConnect, loader.KindDatagram:
+		t.attempt(e)
+	case loader.KindConnectResult:
+		t.result(e)
+	case loader.KindFlowEnd:
+		t.end(e)
+	case loader.KindViolation:
+		t.violation(e)
+	case loader.KindSniff:
+		if name, _ := sniff.ServerName(e.Data); name != "" {
+			t.state(e.Cookie).server = name
+		}
+	}
+}
+
+func (t *translator) attempt(e *loader.Event) {
+	s := t.state(e.Cookie)
+	s.attempted = true
+	s.proto = e.Proto
+	s.names = t.names(e.Dst.Addr())
+
+	proto := protoName(e.Proto, false)
+	ev := &flows.ConnectAttempt{
+		Remote:   remoteOf(proto, e.Dst),
+		Proc:     flows.Proc{Pid: e.Tgid, Comm: e.Comm},
+		Names:    flows.Names{Names: s.names},
+		ViaProxy: e.Flags&loader.FlagViaProxy != 0,
+		FlowID:   e.Cookie,
+		Backend:  t.backend,
+	}
+	flows.Stamp(ev, e.Time)
+	t.sink.Emit(ev)
+
+	// A connected UDP socket has no handshake: its connect succeeded.
+	if e.Kind == loader.KindConnect && e.Proto == syscall.IPPROTO_UDP {
+		s.result = true
+		t.emitResult(e, s, "")
+	}
+}
+
+func (t *translator) result(e *loader.Event) {
+	s := t.state(e.Cookie)
+	if s.result || e.Flags&loader.FlagViaProxy != 0 {
+		// The relay reports proxied connections with the proxy's answer.
+		return
+	}
+	s.result = true
+	msg := ""
+	if e.Err != 0 {
+		msg = connectError(e.Err)
+	}
+	t.emitResult(e, s, msg)
+}
+
+func connectError(errno uint32) string {
+	switch syscall.Errno(errno) {
+	case syscall.ECONNREFUSED:
+		return "connection refused"
+	case syscall.ETIMEDOUT:
+		return "timed out"
+	case syscall.EHOSTUNREACH:
+		return "host unreachable"
+	}
+
+	return syscall.Errno(errno).Error()
+}
+
+func (t *translator) emitResult(e *loader.Event, s *flowState, msg string) {
+	ev := &flows.ConnectResult{
+		Remote:   remoteOf(protoName(e.Proto, false), e.Dst),
+		Proc:     flows.Proc{Pid: e.Tgid, Comm: e.Comm},
+		Names:    flows.Names{Names: s.names, ServerName: s.server},
+		ViaProxy: e.Flags&loader.FlagViaProxy != 0,
+		Status:   flows.StatusOK,
+		FlowID:   e.Cookie,
+	}
+	if msg != "" {
+		ev.Status = flows.StatusError
+		ev.Error = &msg
+	}
+	flows.Stamp(ev, e.Time)
+	t.sink.Emit(ev)
+}
+
+func (t *translator) end(e *loader.Event) {
+	defer t.forget(e.Cookie)
+
+	s := t.state(e.Cookie)
+	inbound := e.Flags&loader.FlagInbound != 0
+	if !s.attempted && !inbound && e.BytesOut == 0 && e.BytesIn == 0 {
+		return // a socket that never talked: not a flow
+	}
+	if e.Dst.Port() == 0 && !e.Dst.Addr().IsValid() {
+		return
+	}
+	if s.attempted && !s.result && e.Proto == syscall.IPPROTO_TCP &&
+		e.Flags&loader.FlagViaProxy == 0 {
+		// The connect failed before the handshake started (no route).
+		s.result = true
+		t.emitResult(e, s, "connect failed before the handshake")
+	}
+	if s.names == nil {
+		s.names = t.names(e.Dst.Addr())
+	}
+
+	ev := &flows.FlowEnd{
+		Remote:     remoteOf(protoName(e.Proto, false), e.Dst),
+		Proc:       flows.Proc{Pid: e.Tgid, Comm: e.Comm},
+		Names:      flows.Names{Names: s.names, ServerName: s.server},
+		FlowID:     e.Cookie,
+		ViaProxy:   e.Flags&loader.FlagViaProxy != 0,
+		BytesOut:   e.BytesOut,
+		BytesIn:    e.BytesIn,
+		PacketsOut: e.PktsOut,
+		PacketsIn:  e.PktsIn,
+	}
+	if inbound {
+		ev.Direction = "in"
+	}
+	if !e.Start.IsZero() {
+		ev.DurationMs = e.Time.Sub(e.Start).Milliseconds()
+	}
+	flows.Stamp(ev, e.Time)
+	t.sink.Emit(ev)
+}
+
+func (t *translator) violation(e *loader.Event) {
+	proto := protoName(e.Proto, true)
+	if e.Proto == syscall.IPPROTO_RAW || (e.Proto != 6 && e.Proto != 17 && e.Proto != 1 && e.Proto != 58) {
+		proto = "raw"
+	}
+	names := t.names(e.Dst.Addr())
+	ev := t.violationEvent(proto, e.Dst, names, policy.Reason(e.Reason), e.Rule,
+		e.Flags&loader.FlagAudit != 0)
+	ev.Proc = flows.Proc{Pid: e.Tgid, Comm: e.Comm}
+	ev.Count = uint64(max(e.Count, 1))
+	if e.Count > 1 {
+		ev.Repeated = true
+	}
+	flows.Stamp(ev, e.Time)
+	t.viol.add(ev)
+	t.sink.Emit(ev)
+}
+
+// violationEvent builds the event of a violation the kernel reported with a
+// reason, using the policy's own verdict for the matched rule and text when
+// it agrees.
+func (t *translator) violationEvent(proto string, dst netip.AddrPort, names []string,
+	reason policy.Reason, rule uint32, audit bool) *flows.PolicyViolation {
+	if t.policy != nil {
+		var v policy.Verdict
+		if proto == "tcp" {
+			v = t.policy.Evaluate(dst.Addr(), names, proto)
+		} else {
+			v = t.policy.EvaluateNonProxyable(dst.Addr(), names, proto)
+		}
+		if v.Reason == reason {
+			if ev := v.Violation(proto, dst, names); ev != nil {
+				return ev
+			}
+		}
+	}
+
+	action := flows.ActionDeny
+	if audit {
+		action = flows.ActionAudit
+	}
+	ev := &flows.PolicyViolation{
+		Protocol:   proto,
+		RemoteStr:  dst.Addr().String(),
+		Action:     action,
+		ReasonCode: reason.Code(),
+		Control:    reason.Control(),
+		Reason:     reason.String(),
+		Names:      names,
+	}
+	if dst.Addr().IsValid() && !dst.Addr().IsUnspecified() {
+		ip := dst.Addr().String()
+		ev.RemoteIP = &ip
+	}
+	if dst.Port() != 0 {
+		port := int(dst.Port())
+		ev.RemotePort = &port
+		ev.RemoteStr = dst.String()
+	}
+	if t.policy != nil && rule != 0 {
+		if r, ok := t.policy.RuleByIndex(rule); ok {
+			c := r.Prefix.String()
+			ev.MatchedCIDR = &c
+		}
+	}
+
+	return ev
+}
+
+// violations counts violations for --fail-on-leak and the summary.
+type violations struct {
+	mu    sync.Mutex
+	count uint64
+	first string
+}
+
+func (v *violations) add(ev *flows.PolicyViolation) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+
+	v.count += max(ev.Count, 1)
+	if v.first == "" {
+		v.first = ev.RemoteStr + " (" + ev.ReasonCode + ")"
+	}
+}
