@@ -275,11 +275,9 @@ static __always_inline __u8 cf_evaluate(const __u8 *a, __u8 family, int proxyabl
 		*rule = l->rule;
 		return l->reason;
 	}
-	if (cf_lpm(a, family, 0) || (l && l->allowed)) {
-		if (!proxyable && (cfg & CF_P_PROXY_ONLY))
-			return CF_R_PROXY_ONLY;
+	/* First match wins: an allow rule also spares proxy-only. */
+	if (cf_lpm(a, family, 0) || (l && l->allowed))
 		return CF_R_NONE;
-	}
 	if (cfg & CF_P_DEFAULT_DENY)
 		return CF_R_DEFAULT_DENY;
 	if (!proxyable && (cfg & CF_P_PROXY_ONLY))

@@ -62,8 +62,8 @@ type Event struct {
 
 var eventSize = int(unsafe.Sizeof(gen.ChildflowCfEvent{}))
 
-// ReadEvents reads control events until the Tracer is closed or stop is
-// closed, calling fn for each. After stop it drains what is left.
+// ReadEvents reads control events until stop is closed (then drains what
+// is left) or the Tracer is closed, calling fn for each.
 func (t *Tracer) ReadEvents(stop <-chan struct{}, fn func(*Event)) error {
 	rd, err := ringbuf.NewReader(t.objs.CfEvents)
 	if err != nil {
@@ -72,41 +72,62 @@ func (t *Tracer) ReadEvents(stop <-chan struct{}, fn func(*Event)) error {
 	t.events = rd
 
 	var (
-		rec ringbuf.Record
 		raw gen.ChildflowCfEvent
 		ev  Event
 	)
-	stopping := false
-	for {
-		if !stopping {
-			select {
-			case <-stop:
-				stopping = true
-			default:
-			}
+
+	return drain(rd, stop, 0, func(sample []byte) {
+		if len(sample) < eventSize {
+			return
 		}
-		rd.SetDeadline(time.Now().Add(50 * time.Millisecond))
-		err := rd.ReadInto(&rec)
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			if stopping && rd.AvailableBytes() == 0 {
-				return nil
-			}
-			continue
-		}
-		if errors.Is(err, ringbuf.ErrClosed) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("read event ring buffer: %w", err)
-		}
-		if len(rec.RawSample) < eventSize {
-			continue
-		}
-		if _, err := binary.Decode(rec.RawSample, binary.NativeEndian, &raw); err != nil {
-			continue
+		if _, err := binary.Decode(sample, binary.NativeEndian, &raw); err != nil {
+			return
 		}
 		t.decode(&raw, &ev)
 		fn(&ev)
+	})
+}
+
+// drain reads rd until stop is closed and nothing is left. poll, when not
+// zero, bounds how long records submitted without a wakeup wait.
+func drain(rd *ringbuf.Reader, stop <-chan struct{}, poll time.Duration, fn func([]byte)) error {
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-stop:
+			_ = rd.Flush()
+		case <-done:
+		}
+	}()
+
+	var rec ringbuf.Record
+	stopping := false
+	for {
+		if poll > 0 {
+			rd.SetDeadline(time.Now().Add(poll))
+		}
+		err := rd.ReadInto(&rec)
+		switch {
+		case err == nil:
+			fn(rec.RawSample)
+			continue
+		case errors.Is(err, ringbuf.ErrFlushed):
+			stopping = true
+		case errors.Is(err, os.ErrDeadlineExceeded):
+		case errors.Is(err, ringbuf.ErrClosed):
+			return nil
+		default:
+			return fmt.Errorf("read ring buffer: %w", err)
+		}
+		if stopping && rd.AvailableBytes() == 0 {
+			return nil
+		}
+		if stopping {
+			// Records submitted after the flush: read them without
+			// waiting for a wakeup.
+			rd.SetDeadline(time.Now())
+		}
 	}
 }
 
@@ -179,45 +200,23 @@ func (t *Tracer) ReadPackets(stop <-chan struct{}, fn func(*Packet)) error {
 	t.packets = rd
 
 	var (
-		rec  ringbuf.Record
 		hdr  gen.ChildflowCfPkt
 		pkt  Packet
 		prev [16]int8
 		name string
 	)
-	stopping := false
-	for {
-		if !stopping {
-			select {
-			case <-stop:
-				stopping = true
-			default:
-			}
+
+	return drain(rd, stop, 200*time.Millisecond, func(sample []byte) {
+		if len(sample) < pktHeaderSize {
+			return
 		}
-		rd.SetDeadline(time.Now().Add(100 * time.Millisecond))
-		err := rd.ReadInto(&rec)
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			if stopping && rd.AvailableBytes() == 0 {
-				return nil
-			}
-			continue
-		}
-		if errors.Is(err, ringbuf.ErrClosed) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("read packet ring buffer: %w", err)
-		}
-		if len(rec.RawSample) < pktHeaderSize {
-			continue
-		}
-		if _, err := binary.Decode(rec.RawSample[:pktHeaderSize], binary.NativeEndian, &hdr); err != nil {
-			continue
+		if _, err := binary.Decode(sample[:pktHeaderSize], binary.NativeEndian, &hdr); err != nil {
+			return
 		}
 		if hdr.Comm != prev {
 			prev, name = hdr.Comm, comm(hdr.Comm)
 		}
-		n := min(int(hdr.CapLen), len(rec.RawSample)-pktHeaderSize)
+		n := min(int(hdr.CapLen), len(sample)-pktHeaderSize)
 		pkt = Packet{
 			Time:    t.clock.time(hdr.TsNs),
 			Cookie:  hdr.Cookie,
@@ -226,10 +225,10 @@ func (t *Tracer) ReadPackets(stop <-chan struct{}, fn func(*Packet)) error {
 			Len:     int(hdr.Len),
 			Ingress: hdr.Dir == 1,
 			Family:  hdr.Family,
-			Data:    rec.RawSample[pktHeaderSize : pktHeaderSize+n],
+			Data:    sample[pktHeaderSize : pktHeaderSize+n],
 		}
 		fn(&pkt)
-	}
+	})
 }
 
 // Loss counts what the programs could not deliver or record.

@@ -46,12 +46,20 @@ func (o *origins) dial(relay netip.AddrPort, origin proxy.Origin) (*net.TCPConn,
 		return errors.Join(err, regErr)
 	}}
 
-	c, err := d.Dial("tcp", relay.String())
-	if err != nil {
-		return nil, err
+	// A port bound before connecting can clash with a connection of an
+	// earlier test still in TIME_WAIT; the kernel then refuses the connect.
+	for range 20 {
+		c, err := d.Dial("tcp", relay.String())
+		if errors.Is(err, syscall.EADDRINUSE) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return c.(*net.TCPConn), nil
 	}
 
-	return c.(*net.TCPConn), nil
+	return nil, fmt.Errorf("dial %s: no free source port after 20 attempts", relay)
 }
 
 func (o *origins) bind(fd int, relay netip.Addr, origin proxy.Origin) error {

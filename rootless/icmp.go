@@ -12,34 +12,28 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
 // pingTimeout bounds the wait for a host's echo reply.
 const pingTimeout = 3 * time.Second
 
-// isEchoRequest reports whether pkt (starting at the IP header) is an
-// unfragmented ICMP or ICMPv6 echo request.
-func isEchoRequest(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) bool {
+// isEchoRequest reports whether the IP packet b of Ethernet type proto is
+// an unfragmented ICMP or ICMPv6 echo request.
+func isEchoRequest(proto tcpip.NetworkProtocolNumber, b []byte) bool {
 	switch proto {
 	case header.IPv4ProtocolNumber:
-		b, ok := pkt.Data().PullUp(header.IPv4MinimumSize)
-		if !ok {
+		if len(b) < header.IPv4MinimumSize {
 			return false
 		}
 
 		ip := header.IPv4(b)
-		if ip.TransportProtocol() != header.ICMPv4ProtocolNumber || ip.FragmentOffset() != 0 ||
-			ip.Flags()&header.IPv4FlagMoreFragments != 0 {
-			return false
-		}
-
 		hl := int(ip.HeaderLength())
-		b, ok = pkt.Data().PullUp(hl + 1)
-		return ok && header.ICMPv4Type(b[hl]) == header.ICMPv4Echo
+		return ip.TransportProtocol() == header.ICMPv4ProtocolNumber && ip.FragmentOffset() == 0 &&
+			ip.Flags()&header.IPv4FlagMoreFragments == 0 && len(b) > hl &&
+			header.ICMPv4Type(b[hl]) == header.ICMPv4Echo
 	case header.IPv6ProtocolNumber:
-		b, ok := pkt.Data().PullUp(header.IPv6MinimumSize + 1)
-		return ok && header.IPv6(b).TransportProtocol() == header.ICMPv6ProtocolNumber &&
+		return len(b) > header.IPv6MinimumSize &&
+			header.IPv6(b).TransportProtocol() == header.ICMPv6ProtocolNumber &&
 			header.ICMPv6Type(b[header.IPv6MinimumSize]) == header.ICMPv6EchoRequest
 	}
 

@@ -147,8 +147,8 @@ func handOverTap(cfg *initConfig, warnings []string) error {
 	return nil
 }
 
-// createTap opens /dev/net/tun and attaches a tap named name without packet
-// information headers.
+// createTap opens /dev/net/tun and attaches a tap named name whose frames
+// carry a virtio-net header instead of packet information.
 func createTap(name string) (int, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -161,10 +161,16 @@ func createTap(name string) (int, error) {
 		return -1, fmt.Errorf("create tap %s: %w", name, err)
 	}
 
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
 		return -1, fmt.Errorf("create tap %s: %w", name, err)
+	}
+
+	// Frames to the parent may carry partial checksums (see tap.go).
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, unix.TUN_F_CSUM); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("set offloads of tap %s: %w", name, err)
 	}
 
 	return fd, nil

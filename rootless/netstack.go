@@ -11,15 +11,12 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/link/fdbased"
-	"gvisor.dev/gvisor/pkg/tcpip/link/nested"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
-	"golang.org/x/sys/unix"
 )
 
 const nicID tcpip.NICID = 1
@@ -41,6 +38,7 @@ type netStack struct {
 	log      *slog.Logger
 	st       *stack.Stack
 	tap      int
+	link     *tapEndpoint
 	procRoot int
 
 	ctx    context.Context
@@ -86,23 +84,13 @@ func newNetStack(tap int, cfg *Config, log *slog.Logger) (*netStack, error) {
 }
 
 func (ns *netStack) newLink() (stack.LinkEndpoint, error) {
-	ep, err := fdbased.New(&fdbased.Options{
-		FDs:            []int{ns.tap},
-		MTU:            uint32(ns.cfg.MTU),
-		EthernetHeader: true,
-		Address:        gatewayMAC,
-		// The tap's frames come from the local kernel, which has already
-		// computed their checksums.
-		RXChecksumOffload: true,
-	})
+	ep, err := newTapEndpoint(ns, ns.tap, ns.cfg.MTU)
 	if err != nil {
-		return nil, fmt.Errorf("create tap endpoint: %w", err)
+		return nil, err
 	}
+	ns.link = ep
 
-	l := &tapLink{ns: ns}
-	l.Endpoint.Init(ep, l)
-
-	return l, nil
+	return ep, nil
 }
 
 // configure creates the NIC (promiscuous and spoofing, so that it accepts and
@@ -206,7 +194,6 @@ func (ns *netStack) shutdown() {
 
 	ns.st.Close()
 	ns.st.Wait()
-	unix.Close(ns.tap)
 }
 
 func (ns *netStack) stats() Stats {
@@ -217,53 +204,10 @@ func (ns *netStack) stats() Stats {
 	}
 }
 
-// tapLink wraps the tap endpoint to copy frames to Capture and to take ICMP
-// echo requests out of the netstack (which would answer them for any
-// address itself) to the host's ping sockets.
-type tapLink struct {
-	nested.Endpoint
-	ns *netStack
-}
-
-// DeliverNetworkPacket implements stack.NetworkDispatcher.
-func (l *tapLink) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
-	var frame []byte
-	if l.ns.cfg.Capture != nil {
-		frame = pkt.ToView().AsSlice()
-		l.ns.cfg.Capture(time.Now(), frame)
-	}
-
-	if isEchoRequest(proto, pkt) {
-		if frame == nil {
-			frame = pkt.ToView().AsSlice()
-		}
-		l.ns.handleEcho(frame)
-		return
-	}
-
-	l.Endpoint.DeliverNetworkPacket(proto, pkt)
-}
-
-// WritePackets implements stack.LinkEndpoint.
-func (l *tapLink) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
-	if l.ns.cfg.Capture != nil {
-		now := time.Now()
-		for _, pkt := range pkts.AsSlice() {
-			l.ns.cfg.Capture(now, pkt.ToView().AsSlice())
-		}
-	}
-
-	return l.Endpoint.WritePackets(pkts)
-}
-
 // writeFrame writes a frame built outside the netstack (ICMP replies) to the
 // tap.
 func (ns *netStack) writeFrame(frame []byte) {
-	if ns.cfg.Capture != nil {
-		ns.cfg.Capture(time.Now(), frame)
-	}
-
-	if _, err := unix.Write(ns.tap, frame); err != nil {
+	if err := ns.link.writeFrame(frame); err != nil {
 		ns.dropped.Add(1)
 	}
 }

@@ -116,10 +116,10 @@ type settings struct {
 	summaryFormat, summaryFile     string
 	quiet                          bool
 
-	policy                 policy.Config
-	policySet              bool
-	allowCIDRs, denyCIDRs  []string
-	failOnLeak bool
+	policy                policy.Config
+	policySet             bool
+	allowCIDRs, denyCIDRs []string
+	failOnLeak            bool
 
 	dns, hostsFile string
 

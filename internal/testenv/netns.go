@@ -219,9 +219,10 @@ type VethPair struct {
 }
 
 // Veth links ns1 and ns2 (nil is the host) with a veth pair, gives each end
-// its address (an invalid prefix gives none) and brings both up. IPv6
-// addresses skip duplicate address detection so that they work at once. The
-// pair is deleted in t.Cleanup (deleting either end removes both).
+// its address (an invalid prefix gives none) and brings both up. It returns
+// once both ends pass traffic: links up with their queueing discipline, IPv6
+// addresses (added without duplicate address detection) no longer tentative.
+// The pair is deleted in t.Cleanup (deleting either end removes both).
 func Veth(t testing.TB, ns1, ns2 *Netns, addr1, addr2 netip.Prefix) *VethPair {
 	t.Helper()
 	RequireRoot(t)
@@ -237,6 +238,8 @@ func Veth(t testing.TB, ns1, ns2 *Netns, addr1, addr2 netip.Prefix) *VethPair {
 
 	runIP(t, ns1, "link", "set", v.Name1, "up")
 	runIP(t, ns2, "link", "set", v.Name2, "up")
+	waitLinkReady(t, ns1, v.Name1)
+	waitLinkReady(t, ns2, v.Name2)
 	v.AddAddrs(t, addr1, addr2)
 
 	return v
@@ -300,24 +303,46 @@ func (v *VethPair) AddAddrs(t testing.TB, addr1, addr2 netip.Prefix) {
 	waitNotTentative(t, v.NS2, v.Name2)
 }
 
+// waitLinkReady waits (at most two seconds) until dev is operationally up
+// with its queueing discipline attached. The kernel's link watcher does both
+// up to a second after "ip link set up" returns; until then the device drops
+// what is sent (qdisc noop), and a test's first packet is lost.
+func waitLinkReady(t testing.TB, ns *Netns, dev string) {
+	t.Helper()
+	poll(t, func() (bool, string) {
+		out := runIP(t, ns, "-o", "link", "show", "dev", dev)
+		return strings.Contains(out, "state UP") && !strings.Contains(out, "qdisc noop"), out
+	}, "link "+dev+" in netns "+ns.String()+" not ready")
+}
+
+// poll calls ready every 10 ms until it returns true, failing t after two
+// seconds with what and the last output.
+func poll(t testing.TB, ready func() (bool, string), what string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		ok, out := ready()
+		if ok {
+			return
+		}
+
+		if time.Now().After(deadline) {
+			t.Fatalf("%s after 2s: %s", what, out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // waitNotTentative waits (at most two seconds) until no IPv6 address of dev
 // is tentative. Even without DAD the kernel completes an address on a
 // workqueue after the link comes up, and a tentative address does not answer
 // neighbour solicitations: a packet sent in that window stalls for a second.
 func waitNotTentative(t testing.TB, ns *Netns, dev string) {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Second)
-	for {
+	poll(t, func() (bool, string) {
 		out := runIP(t, ns, "-6", "-o", "addr", "show", "dev", dev, "tentative")
-		if strings.TrimSpace(out) == "" {
-			return
-		}
-
-		if time.Now().After(deadline) {
-			t.Fatalf("IPv6 addresses of %s in netns %s still tentative: %s", dev, ns, out)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return strings.TrimSpace(out) == "", out
+	}, "IPv6 addresses of "+dev+" in netns "+ns.String()+" still tentative")
 }
 
 // AddAddr adds addr to link dev in ns; IPv6 addresses skip duplicate address
