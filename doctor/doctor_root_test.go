@@ -75,23 +75,21 @@ func TestRunOnThisHost(t *testing.T) {
 }
 
 // TestCleanKillsStaleRunCgroup leaves a real run cgroup with a process in it,
-// owned by a dead pid, and checks that Clean kills the process and removes
-// the cgroup.
+// owned by a dead pid, and checks that cleaning kills the process and removes
+// the cgroup. It works under a private cgroup standing in for the mount, so
+// that runs and sweeps of other tests neither see nor touch it.
 func TestCleanKillsStaleRunCgroup(t *testing.T) {
 	testenv.RequireRoot(t)
 	mount, err := cgroupnet.Mount()
 	if err != nil {
 		testenv.Skip(t, "no cgroup2 mount: "+err.Error())
 	}
-	slice := filepath.Join(mount, cgroupnet.Slice)
-	if err := os.Mkdir(slice, 0o755); err != nil && !os.IsExist(err) {
+	root := filepath.Join(mount, fmt.Sprintf("childflow-doctor-test-%d", os.Getpid()))
+	path := filepath.Join(root, cgroupnet.Slice, fmt.Sprintf("run-%d-doctortest", deadPid(t)))
+	if err := os.MkdirAll(path, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(slice, fmt.Sprintf("run-%d-doctortest", deadPid(t)))
-	if err := os.Mkdir(path, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { removeCgroup(path, true) })
+	t.Cleanup(func() { removeCgroup(root, true) })
 
 	cg, err := os.Open(path)
 	if err != nil {
@@ -106,15 +104,12 @@ func TestCleanKillsStaleRunCgroup(t *testing.T) {
 	waited := make(chan error, 1)
 	go func() { waited <- sleeper.Wait() }()
 
-	r := Run(Options{Clean: true})
-	var got *StaleCgroup
-	for i := range r.Stale {
-		if r.Stale[i].Path == path {
-			got = &r.Stale[i]
-		}
+	if got := findStale(root, false); len(got) != 1 || got[0].Processes != 1 || got[0].Removed {
+		t.Fatalf("got %+v, want %s with 1 process, left in place", got, path)
 	}
-	if got == nil || got.Processes != 1 || !got.Removed {
-		t.Fatalf("got %+v, want %s with 1 process, removed", got, path)
+	got := findStale(root, true)
+	if len(got) != 1 || got[0].Path != path || !got[0].Removed {
+		t.Fatalf("got %+v, want %s removed", got, path)
 	}
 	select {
 	case <-waited:

@@ -89,9 +89,10 @@ func effectiveCaps() (uint64, error) {
 func btfCheck() check {
 	c := check{Capability: Capability{Key: "btf", Label: "Kernel BTF (/sys/kernel/btf/vmlinux)"},
 		severity: Warning,
-		hint:     "programs that need kernel type information cannot load; use a kernel with CONFIG_DEBUG_INFO_BTF"}
+		hint: "programs that need kernel type information cannot load; " +
+			"use a kernel built with CONFIG_DEBUG_INFO_BTF"}
 	_, err := os.Stat("/sys/kernel/btf/vmlinux")
-	c.Status = status(err == nil)
+	c.Status, c.Detail = status(err == nil), "present"
 	if err != nil {
 		c.Detail = err.Error()
 	}
@@ -132,7 +133,12 @@ func makeProbeCgroup(mount string, mountErr error) (string, bool, error) {
 
 	probe := filepath.Join(slice, fmt.Sprintf("run-%d-doctor", os.Getpid()))
 	if err := os.Mkdir(probe, 0o755); err != nil {
-		return "", false, fmt.Errorf("create cgroup %s: %w", probe, err)
+		// Leave the probe's name (it holds our pid) out, to keep results stable.
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return "", false, fmt.Errorf("create a cgroup under %s: %w", slice, err)
 	}
 
 	return probe, true, nil
@@ -179,6 +185,9 @@ func mapCheck() check {
 	c := check{Capability: Capability{Key: "ringbuf", Label: "BPF ring buffer maps"},
 		severity: Fatal, hint: hintRoot}
 	c.Status, c.Detail = probeStatus(features.HaveMapType(ebpf.RingBuf))
+	if c.Status == Available {
+		c.Detail = "created by a probe"
+	}
 
 	return c
 }

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // probeTimeout bounds the namespace probe's child process.
@@ -122,29 +124,24 @@ func idmapCheck() check {
 }
 
 // pingCheck tells whether the netstack can answer ICMP echo through an
-// unprivileged ping socket: the caller's group must be in ping_group_range.
+// unprivileged ping socket, by opening one; the caller's group must be in
+// net.ipv4.ping_group_range.
 func pingCheck() check {
 	c := check{Capability: Capability{Key: "icmp_echo",
-		Label: "Unprivileged ICMP echo (net.ipv4.ping_group_range)"},
+		Label: "Unprivileged ICMP echo sockets (net.ipv4.ping_group_range)"},
 		hint: "ping from the command will fail; allow it with " +
 			"sysctl net.ipv4.ping_group_range=\"0 2147483647\""}
-	v, ok := readSysctl("net/ipv4/ping_group_range")
-	f := strings.Fields(v)
-	if !ok || len(f) != 2 {
-		c.Status, c.Detail = Limited, "net.ipv4.ping_group_range is unreadable"
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+	if err == nil {
+		unix.Close(fd)
+		c.Status, c.Detail = Available, "opened an ICMP datagram socket"
 		return c
 	}
 
-	lo, err1 := strconv.Atoi(f[0])
-	hi, err2 := strconv.Atoi(f[1])
-	gid := os.Getgid()
-	if err1 != nil || err2 != nil || gid < lo || gid > hi {
-		c.Status = Limited
-		c.Detail = fmt.Sprintf("group %d is outside net.ipv4.ping_group_range (%s %s)", gid, f[0],
-			f[1])
-		return c
-	}
-	c.Status, c.Detail = Available, fmt.Sprintf("group %d is in net.ipv4.ping_group_range", gid)
+	rng, _ := readSysctl("net/ipv4/ping_group_range")
+	c.Status = Limited
+	c.Detail = fmt.Sprintf("open ICMP datagram socket: %v (group %d, ping_group_range %s)", err,
+		os.Getgid(), orDash(strings.Join(strings.Fields(rng), " ")))
 
 	return c
 }

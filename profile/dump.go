@@ -15,7 +15,8 @@ const Redacted = "<redacted>"
 // Dump returns p as TOML, one key per line in Keys order, unset keys left
 // out. The proxy password is never printed: proxy_password, when set, is
 // written as "<redacted>", and a password inside the proxy URL is replaced
-// the same way, percent-encoded ("%3Credacted%3E") so the URL stays valid. The sources of a loaded profile are listed in a comment.
+// the same way, percent-encoded ("%3Credacted%3E") so the URL stays valid.
+// The sources of a loaded profile are listed in a comment.
 func Dump(p *Profile) string {
 	var b strings.Builder
 	if p == nil {

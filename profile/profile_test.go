@@ -132,7 +132,8 @@ func TestParseErrors(t *testing.T) {
 		{"bad domain", "quiet = true\nallow_domains = [\"ok.example\",\n \"bad..example\"]\n",
 			`profile ci.toml:2: allow_domains: domain "bad..example"`},
 		{"bad label", "deny_domains_exact = [\"-x.example\"]\n", `hyphen`},
-		{"bad cidr", "\n\ndeny_cidrs = [\"10.0.0.0/33\"]\n", `profile ci.toml:3: deny_cidrs: "10.0.0.0/33"`},
+		{"bad cidr", "\n\ndeny_cidrs = [\"10.0.0.0/33\"]\n",
+			`profile ci.toml:3: deny_cidrs: "10.0.0.0/33"`},
 		{"enum", "backend = \"kvm\"\n", `profile ci.toml:1: backend: "kvm" is not one of`},
 		{"snaplen", "snaplen = 0\n", `snaplen: 0 is not in 1..262144`},
 		{"proxy port", "proxy = \"http://u:hunter2@proxy.example\"\n", `proxy: want scheme://host:port`},
@@ -253,7 +254,8 @@ func TestDumpRedactsPassword(t *testing.T) {
 			t.Fatalf("dump shows %q:\n%s", secret, out)
 		}
 	}
-	for _, want := range []string{"proxy_password = '<redacted>'", "proxy = 'http://ci:%3Credacted%3E@proxy.example:3128'",
+	for _, want := range []string{"proxy_password = '<redacted>'",
+		"proxy = 'http://ci:%3Credacted%3E@proxy.example:3128'",
 		"allow_domains = []", "proxy_user = 'ci'"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("dump lacks %q:\n%s", want, out)

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -111,9 +112,9 @@ func NewDialer(u *URL, opts Options) *Dialer {
 	return d
 }
 
-// URL returns the proxy's URL; print it with String, which leaves out the
-// password.
-func (d *Dialer) URL() URL { return d.url }
+// Redacted returns the proxy's URL without the password, as events and logs
+// show it.
+func (d *Dialer) Redacted() string { return d.url.String() }
 
 // DialContext connects to t through the proxy and returns the tunnel, ready
 // for the target's bytes. Any bytes the proxy sent after its answer are kept
@@ -128,19 +129,52 @@ func (d *Dialer) DialContext(ctx context.Context, t Target) (net.Conn, error) {
 		return nil, err
 	}
 
-	// Closing the deadline on cancellation interrupts a handshake blocked
-	// on a silent proxy.
-	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+	w := watch(ctx, c)
 	conn, err := d.handshake(c, t)
-	if !stop() && err == nil {
-		err = d.fail(StageProtocol, t, "answer from proxy %s came too late: %s", ctx.Err())
-	}
+	w.stop()
 	if err != nil {
 		_ = c.Close()
 		return nil, d.withReason(ctx, err)
 	}
 
 	return conn, nil
+}
+
+// watchdog interrupts a handshake blocked on a silent proxy when its context
+// ends, by moving the connection's deadline into the past.
+type watchdog struct {
+	c     net.Conn
+	mu    sync.Mutex
+	done  bool
+	fired bool
+	quit  func() bool
+}
+
+func watch(ctx context.Context, c net.Conn) *watchdog {
+	w := &watchdog{c: c}
+	w.quit = context.AfterFunc(ctx, func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if !w.done {
+			w.fired = true
+			_ = c.SetDeadline(time.Unix(1, 0))
+		}
+	})
+
+	return w
+}
+
+// stop ends the watch. A handshake that completed although the deadline was
+// moved gets its deadline cleared: the tunnel is good.
+func (w *watchdog) stop() {
+	w.quit()
+
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.done = true
+	if w.fired {
+		_ = w.c.SetDeadline(time.Time{})
+	}
 }
 
 // dialProxy connects to the proxy, and for https completes the TLS
@@ -226,7 +260,7 @@ func (d *Dialer) connectHTTP(c net.Conn, t Target) (net.Conn, error) {
 		return c, nil
 	}
 
-	return &bufferedConn{Conn: c, r: br}, nil
+	return c, nil
 }
 
 func (d *Dialer) refusedHTTP(t Target, status int, text string) *Error {

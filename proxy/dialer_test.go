@@ -154,7 +154,7 @@ func TestDialThroughProxies(t *testing.T) {
 func dialAndCheck(t *testing.T, p testProxy, target proxy.Target, want string) {
 	c, err := p.dialer.DialContext(context.Background(), target)
 	if err != nil {
-		t.Fatalf("dial %v through %s: %v", target, p.dialer.URL(), err)
+		t.Fatalf("dial %v through %s: %v", target, p.dialer.Redacted(), err)
 	}
 	defer c.Close()
 

@@ -54,8 +54,8 @@ type RelayConfig struct {
 	// MaxConns bounds the connections relayed at once (0: DefaultMaxConns).
 	// Connections past it are reset and counted in Stats.Rejected.
 	MaxConns int
-	// Proxy is the proxy as events show it. The default is the String of
-	// the Dialer's URL when it has a URL method (as *Dialer has).
+	// Proxy is the proxy as events show it, without a password. The default
+	// is the Dialer's Redacted method, when it has one (as *Dialer has).
 	Proxy string
 }
 
@@ -128,8 +128,8 @@ func (r *Relay) setDefaults() {
 		r.cfg.MaxConns = DefaultMaxConns
 	}
 
-	if u, ok := r.cfg.Dialer.(interface{ URL() URL }); ok && r.cfg.Proxy == "" {
-		r.cfg.Proxy = u.URL().String()
+	if u, ok := r.cfg.Dialer.(interface{ Redacted() string }); ok && r.cfg.Proxy == "" {
+		r.cfg.Proxy = u.Redacted()
 	}
 }
 

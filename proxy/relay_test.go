@@ -186,7 +186,7 @@ func TestRelayEndToEnd(t *testing.T) {
 	}
 
 	relay.Close()
-	checkRelayEvents(t, ev, want, p.dialer.URL().String(), pass)
+	checkRelayEvents(t, ev, want, p.dialer.Redacted(), pass)
 
 	st := relay.Stats()
 	if st.Accepted != 4 || st.OK != 4 || st.Failed != 0 || st.Unknown != 0 || st.Active != 0 {

@@ -121,7 +121,7 @@ func TestURLNeverShowsPassword(t *testing.T) {
 		"json":    string(asJSON),
 		"Redact":  u.Redacted(),
 		"Addr":    u.Addr(),
-		"Dialer":  NewDialer(u, Options{}).URL().String(),
+		"Dialer":  NewDialer(u, Options{}).Redacted(),
 		"creds":   errString(u.WithCredentials("", pw)),
 		"creds 2": errString(u.WithCredentials("dave", "")),
 	}
