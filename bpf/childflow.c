@@ -48,10 +48,13 @@ const volatile __u16 cf_cfg_proxy_port4 = 0;
 const volatile __u16 cf_cfg_proxy_port6 = 0;
 const volatile __u32 cf_cfg_sniff = 1;
 const volatile __u64 cf_cfg_wakeup_bytes = 1 << 20;
+const volatile __u64 cf_cfg_event_wakeup = 0; /* 0: wake the reader on every event */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4 << 20);
+	/* 2 MiB: about 15000 events; user space maps it twice, so it costs
+	 * 4 MiB of resident memory. */
+	__uint(max_entries, 2 << 20);
 } cf_events SEC(".maps");
 
 struct {
@@ -71,11 +74,12 @@ struct {
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, struct cf_flow);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* preallocation costs ~5 ms at load */
 } cf_flows SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, 8192);
 	__type(key, struct cf_client_key);
 	__type(value, struct cf_client);
 } cf_clients SEC(".maps");
@@ -119,6 +123,7 @@ struct {
 	__uint(max_entries, 65536);
 	__type(key, __u8[16]);
 	__type(value, struct cf_learned);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 } cf_ips SEC(".maps");
 
 /* Violations already reported, to sum up retry loops. */
@@ -294,17 +299,37 @@ static __always_inline void cf_fill_task(struct cf_event *e)
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 }
 
-static __always_inline struct cf_event *cf_reserve(void)
+/* Most events carry no payload bytes: they reserve the record without its
+ * data[] tail, which keeps the ring buffer four times denser. */
+#define CF_EVENT_HEAD (sizeof(struct cf_event) - CF_SNIFF_LEN)
+
+static __always_inline void *cf_reserve_size(__u64 size)
 {
-	struct cf_event *e = bpf_ringbuf_reserve(&cf_events, sizeof(*e), 0);
+	struct cf_event *e = bpf_ringbuf_reserve(&cf_events, size, 0);
 
 	if (!e) {
 		cf_lost(CF_LOSS_EVENTS);
 		return 0;
 	}
-	__builtin_memset(e, 0, sizeof(*e) - CF_SNIFF_LEN);
+	__builtin_memset(e, 0, CF_EVENT_HEAD);
 	e->ts_ns = bpf_ktime_get_ns();
 	return e;
+}
+
+static __always_inline struct cf_event *cf_reserve(void)
+{
+	return cf_reserve_size(CF_EVENT_HEAD);
+}
+
+/* cf_submit wakes the reader only when enough has piled up; the reader also
+ * polls, so a quiet ring is drained within its poll interval. */
+static __always_inline void cf_submit(void *e)
+{
+	__u64 flags = bpf_ringbuf_query(&cf_events, BPF_RB_AVAIL_DATA) >= cf_cfg_event_wakeup
+			      ? BPF_RB_FORCE_WAKEUP
+			      : BPF_RB_NO_WAKEUP;
+
+	bpf_ringbuf_submit(e, flags);
 }
 
 /*
@@ -361,7 +386,7 @@ static __always_inline void cf_violation(const __u8 *a, __u8 family, __u16 port,
 		e->pid = f->pid;
 		__builtin_memcpy(e->comm, f->comm, sizeof(e->comm));
 	}
-	bpf_ringbuf_submit(e, 0);
+	cf_submit(e);
 }
 
 static __always_inline struct cf_flow *cf_flow_of(__u64 cookie)
@@ -422,7 +447,7 @@ static __always_inline void cf_flow_end(__u64 cookie, struct cf_flow *f)
 	if (e) {
 		e->kind = CF_EV_FLOW_END;
 		cf_fill_flow(e, cookie, f);
-		bpf_ringbuf_submit(e, 0);
+		cf_submit(e);
 	}
 	bpf_map_delete_elem(&cf_flows, &cookie);
 }
@@ -528,7 +553,7 @@ static __always_inline void cf_report_dst(__u8 kind, __u64 cookie, const struct 
 	e->flags = flags;
 	__builtin_memcpy(e->daddr, d->addr, 16);
 	cf_fill_task(e);
-	bpf_ringbuf_submit(e, 0);
+	cf_submit(e);
 }
 
 /*
@@ -660,7 +685,7 @@ static __always_inline void cf_connect_result(__u64 cookie, struct cf_flow *f, _
 	e->kind = CF_EV_CONNECT_RESULT;
 	cf_fill_flow(e, cookie, f);
 	e->err = err;
-	bpf_ringbuf_submit(e, 0);
+	cf_submit(e);
 }
 
 SEC("sockops")
@@ -857,7 +882,7 @@ static __always_inline void cf_sniff(struct __sk_buff *skb, __u64 cookie, struct
 	if (n > CF_SNIFF_LEN)
 		n = CF_SNIFF_LEN;
 
-	struct cf_event *e = cf_reserve();
+	struct cf_event *e = cf_reserve_size(sizeof(struct cf_event));
 	if (!e)
 		return;
 	e->kind = CF_EV_SNIFF;
@@ -866,7 +891,7 @@ static __always_inline void cf_sniff(struct __sk_buff *skb, __u64 cookie, struct
 	if (bpf_skb_load_bytes(skb, off, e->data, n) < 0)
 		n = 0;
 	e->len = n;
-	bpf_ringbuf_submit(e, 0);
+	cf_submit(e);
 }
 
 /* cf_rst_check notes a reset that answers a connect in progress. */

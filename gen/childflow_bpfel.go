@@ -157,6 +157,7 @@ const (
 	ChildflowVarCfCfgDns         = "cf_cfg_dns"
 	ChildflowVarCfCfgDnsPort4    = "cf_cfg_dns_port4"
 	ChildflowVarCfCfgDnsPort6    = "cf_cfg_dns_port6"
+	ChildflowVarCfCfgEventWakeup = "cf_cfg_event_wakeup"
 	ChildflowVarCfCfgPolicy      = "cf_cfg_policy"
 	ChildflowVarCfCfgProxy       = "cf_cfg_proxy"
 	ChildflowVarCfCfgProxyPort4  = "cf_cfg_proxy_port4"
@@ -248,6 +249,7 @@ type ChildflowVariableSpecs struct {
 	CfCfgDns         *ebpf.VariableSpec `ebpf:"cf_cfg_dns"`
 	CfCfgDnsPort4    *ebpf.VariableSpec `ebpf:"cf_cfg_dns_port4"`
 	CfCfgDnsPort6    *ebpf.VariableSpec `ebpf:"cf_cfg_dns_port6"`
+	CfCfgEventWakeup *ebpf.VariableSpec `ebpf:"cf_cfg_event_wakeup"`
 	CfCfgPolicy      *ebpf.VariableSpec `ebpf:"cf_cfg_policy"`
 	CfCfgProxy       *ebpf.VariableSpec `ebpf:"cf_cfg_proxy"`
 	CfCfgProxyPort4  *ebpf.VariableSpec `ebpf:"cf_cfg_proxy_port4"`
@@ -316,6 +318,7 @@ type ChildflowVariables struct {
 	CfCfgDns         *ebpf.Variable `ebpf:"cf_cfg_dns"`
 	CfCfgDnsPort4    *ebpf.Variable `ebpf:"cf_cfg_dns_port4"`
 	CfCfgDnsPort6    *ebpf.Variable `ebpf:"cf_cfg_dns_port6"`
+	CfCfgEventWakeup *ebpf.Variable `ebpf:"cf_cfg_event_wakeup"`
 	CfCfgPolicy      *ebpf.Variable `ebpf:"cf_cfg_policy"`
 	CfCfgProxy       *ebpf.Variable `ebpf:"cf_cfg_proxy"`
 	CfCfgProxyPort4  *ebpf.Variable `ebpf:"cf_cfg_proxy_port4"`

@@ -60,7 +60,10 @@ type Event struct {
 	Data     []byte // first payload bytes (KindSniff); valid until the next read
 }
 
-var eventSize = int(unsafe.Sizeof(gen.ChildflowCfEvent{}))
+var (
+	eventSize     = int(unsafe.Sizeof(gen.ChildflowCfEvent{}))
+	eventHeadSize = eventSize - len(gen.ChildflowCfEvent{}.Data)
+)
 
 // ReadEvents reads control events until stop is closed (then drains what
 // is left) or the Tracer is closed, calling fn for each.
@@ -74,13 +77,17 @@ func (t *Tracer) ReadEvents(stop <-chan struct{}, fn func(*Event)) error {
 	var (
 		raw gen.ChildflowCfEvent
 		ev  Event
+		buf = make([]byte, eventSize)
 	)
 
-	return drain(rd, stop, 0, func(sample []byte) {
-		if len(sample) < eventSize {
+	return drain(rd, stop, t.eventPoll, func(sample []byte) {
+		// Events without payload bytes are shorter than the struct.
+		if len(sample) < eventHeadSize {
 			return
 		}
-		if _, err := binary.Decode(sample, binary.NativeEndian, &raw); err != nil {
+		n := copy(buf, sample)
+		clear(buf[n:])
+		if _, err := binary.Decode(buf, binary.NativeEndian, &raw); err != nil {
 			return
 		}
 		t.decode(&raw, &ev)

@@ -53,11 +53,18 @@ type Config struct {
 	Capture bool
 	SnapLen uint32
 	// PacketRing is the size in bytes of the packet ring buffer, a power of
-	// two multiple of the page size. Zero means 32 MiB.
+	// two multiple of the page size. Zero means 8 MiB. User space maps the
+	// ring twice, so it costs twice its size in resident memory.
 	PacketRing uint32
 
 	DNSPort4, DNSPort6     uint16
 	ProxyPort4, ProxyPort6 uint16
+
+	// EventBatch, when not zero, lets control events pile up to this many
+	// bytes before the reader is woken; the reader then also polls every
+	// EventPoll (default 20 ms). Zero wakes the reader on every event.
+	EventBatch uint64
+	EventPoll  time.Duration
 }
 
 // Tracer owns the loaded programs and maps and the links that attach them.
@@ -68,6 +75,8 @@ type Tracer struct {
 	clock   clockOffset
 	events  *ringbuf.Reader
 	packets *ringbuf.Reader
+
+	eventPoll time.Duration
 }
 
 // ErrPermission means the programs could not be loaded for lack of
@@ -88,7 +97,10 @@ func Load(cfg Config) (*Tracer, error) {
 		return nil, err
 	}
 
-	t := &Tracer{clock: newClockOffset()}
+	t := &Tracer{clock: newClockOffset(), eventPoll: cfg.EventPoll}
+	if cfg.EventBatch != 0 && t.eventPoll == 0 {
+		t.eventPoll = 20 * time.Millisecond
+	}
 	if err := spec.LoadAndAssign(&t.objs, nil); err != nil {
 		if errors.Is(err, unix.EPERM) {
 			return nil, fmt.Errorf("load BPF programs: %w: %w", ErrPermission, err)
@@ -109,15 +121,16 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 		snap = 65536
 	}
 	vars := map[string]any{
-		gen.ChildflowVarCfCfgPolicy:     cfg.Policy,
-		gen.ChildflowVarCfCfgCapture:    boolU32(cfg.Capture),
-		gen.ChildflowVarCfCfgSnaplen:    snap,
-		gen.ChildflowVarCfCfgDns:        boolU32(cfg.DNSPort4 != 0 || cfg.DNSPort6 != 0),
-		gen.ChildflowVarCfCfgDnsPort4:   cfg.DNSPort4,
-		gen.ChildflowVarCfCfgDnsPort6:   cfg.DNSPort6,
-		gen.ChildflowVarCfCfgProxy:      boolU32(cfg.ProxyPort4 != 0 || cfg.ProxyPort6 != 0),
-		gen.ChildflowVarCfCfgProxyPort4: cfg.ProxyPort4,
-		gen.ChildflowVarCfCfgProxyPort6: cfg.ProxyPort6,
+		gen.ChildflowVarCfCfgPolicy:      cfg.Policy,
+		gen.ChildflowVarCfCfgCapture:     boolU32(cfg.Capture),
+		gen.ChildflowVarCfCfgSnaplen:     snap,
+		gen.ChildflowVarCfCfgDns:         boolU32(cfg.DNSPort4 != 0 || cfg.DNSPort6 != 0),
+		gen.ChildflowVarCfCfgDnsPort4:    cfg.DNSPort4,
+		gen.ChildflowVarCfCfgDnsPort6:    cfg.DNSPort6,
+		gen.ChildflowVarCfCfgProxy:       boolU32(cfg.ProxyPort4 != 0 || cfg.ProxyPort6 != 0),
+		gen.ChildflowVarCfCfgProxyPort4:  cfg.ProxyPort4,
+		gen.ChildflowVarCfCfgProxyPort6:  cfg.ProxyPort6,
+		gen.ChildflowVarCfCfgEventWakeup: cfg.EventBatch,
 	}
 	for name, v := range vars {
 		if err := spec.Variables[name].Set(v); err != nil {
@@ -127,7 +140,7 @@ func configure(spec *ebpf.CollectionSpec, cfg Config) error {
 
 	ring := cfg.PacketRing
 	if ring == 0 {
-		ring = 32 << 20
+		ring = 8 << 20
 	}
 	if !cfg.Capture {
 		// The map must exist; keep it at its smallest.

@@ -260,7 +260,7 @@ func (d *Dialer) connectHTTP(c net.Conn, t Target) (net.Conn, error) {
 		return c, nil
 	}
 
-	return c, nil
+	return &bufferedConn{Conn: c, r: br}, nil
 }
 
 func (d *Dialer) refusedHTTP(t Target, status int, text string) *Error {

@@ -132,7 +132,7 @@ func (d *Dialer) socksRequest(t Target) ([]byte, string) {
 	port := t.Addr.Port()
 
 	name := ""
-	if true {
+	if d.url.Scheme == SchemeSOCKS5H {
 		name = t.name()
 	}
 

@@ -139,6 +139,7 @@ func (r *ebpfRun) loaderConfig(svc *services) loader.Config {
 		Capture:    r.out.capture != nil,
 		SnapLen:    r.o.SnapLen,
 		PacketRing: r.o.PacketRing,
+		EventBatch: 64 << 10,
 	}
 	cfg.DNSPort4, cfg.DNSPort6 = svc.dnsPorts()
 	cfg.ProxyPort4, cfg.ProxyPort6 = svc.relayPorts()

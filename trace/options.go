@@ -41,7 +41,7 @@ type Options struct {
 	// CapturePath, when set, receives a pcapng of the tree's packets.
 	CapturePath string
 	SnapLen     uint32 // 0: whole packets
-	// PacketRing is the packet ring buffer size in bytes (0: 32 MiB).
+	// PacketRing is the packet ring buffer size in bytes (0: 8 MiB).
 	PacketRing uint32
 
 	// FlowLog, when set, receives the JSON Lines flow log.

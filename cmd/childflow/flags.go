@@ -22,7 +22,7 @@ func traceFlags() []cli.Flag {
 			Usage: "where to capture: child (the tree's sockets); egress, wire-egress and both are rootless-only views"},
 		&cli.UintFlag{Name: "snaplen", Category: catOutput,
 			Usage: "keep at most `N` bytes of each packet (default: whole packets)"},
-		&cli.UintFlag{Name: "capture-buffer", Category: catOutput, Value: 32,
+		&cli.UintFlag{Name: "capture-buffer", Category: catOutput, Value: 8,
 			Usage: "packet ring buffer size in `MiB` (a power of two); larger loses fewer packets under load"},
 		&cli.StringFlag{Name: "flow-log", Category: catOutput,
 			Usage: "write the JSON Lines flow log to `FILE`"},
