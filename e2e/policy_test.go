@@ -40,12 +40,12 @@ var (
 type policyControl struct {
 	name        string
 	args        []string
-	deny, allow [2]netip.Addr     // [0] IPv4, [1] IPv6
-	matched     [2]*string        // matched_cidr per family, nil for null
+	deny, allow [2]netip.Addr // [0] IPv4, [1] IPv6
+	matched     [2]*string    // matched_cidr per family, nil for null
 	reasonCode  string
 	control     string
-	audit       bool // violations are logged, nothing is blocked
-	rawRefused  bool // raw sockets are refused when created
+	audit       bool              // violations are logged, nothing is blocked
+	rawRefused  bool              // raw sockets are refused when created
 	skipKinds   map[string]string // kind → why this row leaves it out
 }
 
@@ -59,7 +59,7 @@ func policyControls(top *testenv.PolicyTopology) []policyControl {
 		{name: "offline", args: []string{"--offline"}, deny: pub, allow: [2]netip.Addr{lo4, lo6},
 			reasonCode: "offline", control: "--offline", rawRefused: true},
 		{name: "block-private", args: []string{"--block-private"}, deny: priv, allow: pub,
-			matched: [2]*string{s("10.0.0.0/8"), s("fc00::/7")},
+			matched:    [2]*string{s("10.0.0.0/8"), s("fc00::/7")},
 			reasonCode: "private", control: "--block-private"},
 		{name: "block-private-loopback", args: []string{"--block-private"},
 			deny: [2]netip.Addr{lo4, lo6}, allow: pub,

@@ -110,7 +110,11 @@ def tcp_mapped(a):
     s.close()
 
 def tfo(a):
+    # Blocking, so that sendto waits for the handshake (a non-blocking one
+    # without a cookie returns EINPROGRESS); SO_SNDTIMEO bounds the wait.
     s = a.sock(fam(a.dst), socket.SOCK_STREAM)
+    s.setblocking(True)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 2, 0))
     a.step("send", s.sendto, a.token, socket.MSG_FASTOPEN, (a.dst, a.port))
     s.close()
 
@@ -311,7 +315,8 @@ func parseResults(t testing.TB, out string) map[string]attemptResult {
 var tokenCounter atomic.Uint64
 
 func newToken() string {
-	return fmt.Sprintf("cftok%dx%d", os.Getpid(), tokenCounter.Add(1))
+	// The trailing dash keeps one token from being a prefix of another.
+	return fmt.Sprintf("cftok-%d-%d-", os.Getpid(), tokenCounter.Add(1))
 }
 
 // sightings records what servers in a namespace received: the payloads of

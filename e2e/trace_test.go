@@ -399,3 +399,22 @@ func TestCaptureLossCounted(t *testing.T) {
 		t.Errorf("capture holds %d packets, summary says %d", got, sum.Capture.Packets)
 	}
 }
+
+// TestSudoUser checks that under sudo the command runs as the invoking user,
+// and as root with --keep-root.
+func TestSudoUser(t *testing.T) {
+	requireEBPF(t)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "65534:65534"},
+		{[]string{"--keep-root"}, "0:0"},
+	} {
+		res := run{args: tc.args, env: []string{"SUDO_UID=65534", "SUDO_GID=65534"},
+			command: []string{"sh", "-c", "echo $(id -u):$(id -g)"}}.do(t)
+		if got := strings.TrimSpace(res.stdout); res.code != 0 || got != tc.want {
+			t.Errorf("%v: command ran as %q (exit %d), want %s; stderr:\n%s", tc.args, got, res.code, tc.want, res.stderr)
+		}
+	}
+}
