@@ -192,7 +192,7 @@ def ping(a, connect=False):
         a.step("send", s.send, pkt)
     else:
         a.step("send", s.sendto, pkt, (a.dst, 0))
-    s.settimeout(1)
+    s.settimeout(0.5)
     try:
         a.reply = "1" if a.token in s.recv(2048) else "0"
     except OSError:

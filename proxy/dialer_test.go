@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -231,23 +232,46 @@ func checkError(t testing.TB, name string, err error, stage proxy.Stage, want st
 	}
 }
 
-// closedPort returns a loopback address where nothing listens.
-func closedPort(t testing.TB, network, addr string) netip.AddrPort {
+// closedPort returns a loopback address that refuses connections: a socket
+// is bound there but does not listen, which also keeps the port from being
+// given to a listener of this test.
+func closedPort(t testing.TB, addr string) netip.AddrPort {
 	t.Helper()
 
-	ln, err := net.Listen(network, addr)
+	a := netip.MustParseAddrPort(addr)
+	family, sa := syscall.AF_INET6, syscall.Sockaddr(&syscall.SockaddrInet6{Addr: a.Addr().As16()})
+	if a.Addr().Is4() {
+		family, sa = syscall.AF_INET, &syscall.SockaddrInet4{Addr: a.Addr().As4()}
+	}
+
+	fd, err := syscall.Socket(family, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := ln.Addr().(*net.TCPAddr).AddrPort()
-	ln.Close()
+	t.Cleanup(func() { syscall.Close(fd) })
 
-	return a
+	if err := syscall.Bind(fd, sa); err != nil {
+		t.Fatal(err)
+	}
+	bound, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	switch b := bound.(type) {
+	case *syscall.SockaddrInet4:
+		return netip.AddrPortFrom(a.Addr(), uint16(b.Port))
+	case *syscall.SockaddrInet6:
+		return netip.AddrPortFrom(a.Addr(), uint16(b.Port))
+	}
+	t.Fatalf("bound to %T", bound)
+
+	return netip.AddrPort{}
 }
 
 func TestDialErrors(t *testing.T) {
-	closed4 := closedPort(t, "tcp4", "127.0.0.1:0")
-	closed6 := closedPort(t, "tcp6", "[::1]:0")
+	closed4 := closedPort(t, "127.0.0.1:0")
+	closed6 := closedPort(t, "[::1]:0")
 	outside := netip.MustParseAddrPort("192.0.2.1:80") // never dialed: the proxy refuses it
 
 	tests := []struct {
@@ -280,7 +304,7 @@ func TestDialErrors(t *testing.T) {
 
 func TestDialProxyDown(t *testing.T) {
 	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
-		down := closedPort(t, "tcp", addr)
+		down := closedPort(t, addr)
 		d := proxy.NewDialer(parseURL(t, "http://u:pw-down-1@"+down.String()), proxy.Options{})
 		_, err := d.DialContext(context.Background(), proxy.Target{Addr: down})
 		want := "proxy " + down.String() + " unreachable: connection refused"

@@ -24,68 +24,68 @@ import (
 )
 
 // origins plays the BPF map that records each redirected connection's
-// original destination, keyed by the client's source address.
-type origins struct{ m sync.Map }
+// original destination, keyed by the client's source address. The kernel
+// fills that map before the connection reaches the relay; here the client
+// learns its port only when its connect returns, so lookup waits up to wait
+// for the entry.
+type origins struct {
+	wait    time.Duration
+	mu      sync.Mutex
+	m       map[netip.AddrPort]proxy.Origin
+	waiters map[netip.AddrPort]chan struct{}
+}
+
+func newOrigins(wait time.Duration) *origins {
+	return &origins{
+		wait: wait, m: map[netip.AddrPort]proxy.Origin{},
+		waiters: map[netip.AddrPort]chan struct{}{},
+	}
+}
 
 func (o *origins) lookup(client netip.AddrPort) (proxy.Origin, bool) {
-	v, ok := o.m.Load(client)
-	if !ok {
-		return proxy.Origin{}, false
+	o.mu.Lock()
+	og, ok := o.m[client]
+	ch := o.waiters[client]
+	if !ok && ch == nil {
+		ch = make(chan struct{})
+		o.waiters[client] = ch
+	}
+	o.mu.Unlock()
+
+	if ok || o.wait == 0 {
+		return og, ok
 	}
 
-	return v.(proxy.Origin), true
+	select {
+	case <-ch:
+	case <-time.After(o.wait):
+	}
+
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	og, ok = o.m[client]
+
+	return og, ok
 }
 
-// dial connects to the relay at relay like a redirected program: the
-// client's source port is bound and its origin recorded before the connect,
-// as the connect hook does.
+// dial connects to the relay at relay like a redirected program and records
+// the connection's origin.
 func (o *origins) dial(relay netip.AddrPort, origin proxy.Origin) (*net.TCPConn, error) {
-	var regErr error
-	d := net.Dialer{Timeout: 10 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
-		err := rc.Control(func(fd uintptr) { regErr = o.bind(int(fd), relay.Addr(), origin) })
-		return errors.Join(err, regErr)
-	}}
-
-	// A port bound before connecting can clash with a connection of an
-	// earlier test still in TIME_WAIT; the kernel then refuses the connect.
-	for range 20 {
-		c, err := d.Dial("tcp", relay.String())
-		if errors.Is(err, syscall.EADDRINUSE) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		return c.(*net.TCPConn), nil
-	}
-
-	return nil, fmt.Errorf("dial %s: no free source port after 20 attempts", relay)
-}
-
-func (o *origins) bind(fd int, relay netip.Addr, origin proxy.Origin) error {
-	var sa syscall.Sockaddr = &syscall.SockaddrInet6{Addr: relay.As16()}
-	if relay.Is4() {
-		sa = &syscall.SockaddrInet4{Addr: relay.As4()}
-	}
-	if err := syscall.Bind(fd, sa); err != nil {
-		return err
-	}
-
-	bound, err := syscall.Getsockname(fd)
+	c, err := net.DialTimeout("tcp", relay.String(), 10*time.Second)
 	if err != nil {
-		return err
+		return nil, err
 	}
 
-	port := 0
-	switch b := bound.(type) {
-	case *syscall.SockaddrInet4:
-		port = b.Port
-	case *syscall.SockaddrInet6:
-		port = b.Port
+	local := c.LocalAddr().(*net.TCPAddr).AddrPort()
+	o.mu.Lock()
+	o.m[local] = origin
+	if ch := o.waiters[local]; ch != nil {
+		close(ch)
+		delete(o.waiters, local)
 	}
-	o.m.Store(netip.AddrPortFrom(relay, uint16(port)), origin)
+	o.mu.Unlock()
 
-	return nil
+	return c.(*net.TCPConn), nil
 }
 
 // events collects a relay's events as flow-log JSON lines.
@@ -140,7 +140,15 @@ func startRelay(t testing.TB, d proxy.ContextDialer, sink flows.Sink, maxConns i
 	*proxy.Relay, *origins) {
 	t.Helper()
 
-	o := &origins{}
+	return startRelayWait(t, d, sink, maxConns, 10*time.Second)
+}
+
+// startRelayWait starts a relay whose lookup waits up to wait for a client.
+func startRelayWait(t testing.TB, d proxy.ContextDialer, sink flows.Sink, maxConns int,
+	wait time.Duration) (*proxy.Relay, *origins) {
+	t.Helper()
+
+	o := newOrigins(wait)
 	r, err := proxy.NewRelay(proxy.RelayConfig{
 		Dialer: d, Lookup: o.lookup, Sink: sink, MaxConns: maxConns,
 	})
@@ -273,7 +281,7 @@ func TestRelayDialFailure(t *testing.T) {
 func TestRelayUnknownClient(t *testing.T) {
 	p := startProxy(t, "http", proxytest.Options{}, "", "")
 	ev := newEvents()
-	relay, _ := startRelay(t, p.dialer, ev, 0)
+	relay, _ := startRelayWait(t, p.dialer, ev, 0, 0)
 
 	for _, ra := range relay.Addrs() {
 		c, err := net.Dial("tcp", ra.String())

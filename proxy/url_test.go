@@ -237,7 +237,9 @@ func FuzzParseURL(f *testing.F) {
 	f.Add("host", "secret/with#chars")
 
 	f.Fuzz(func(t *testing.T, rest, pw string) {
-		if len(pw) < 6 || strings.Contains(rest, pw) || strings.Contains("http://user:", pw) {
+		// Skip passwords that the quoted rest of the URL could show anyway.
+		shown := rest + fmt.Sprintf("%q", rest) + strings.ToValidUTF8(rest, "?")
+		if len(pw) < 6 || strings.Contains(shown, pw) || strings.Contains("http://user:", pw) {
 			t.Skip()
 		}
 

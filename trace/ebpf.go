@@ -127,9 +127,6 @@ func (r *ebpfRun) run(ctx context.Context, path string, cred *syscall.Credential
 
 	r.emitStart()
 	r.tr = newTranslator(r.out.sink, r.o.Policy, svc.namesOf, &r.viol)
-	if svc.relay != nil {
-		svc.serverName = r.tr.serverName
-	}
 
 	return r.trace(ctx, t, path, cred)
 }

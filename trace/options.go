@@ -55,7 +55,10 @@ type Options struct {
 
 	Proxy         *proxy.URL
 	ProxyLoopback bool
-	ProxyTimeout  time.Duration
+	// HostLoopback lets the rootless backend reach the host's loopback
+	// through the gateway address; the eBPF backend always can.
+	HostLoopback bool
+	ProxyTimeout time.Duration
 
 	// KeepRoot runs the command as root even when childflow was started
 	// through sudo; by default it runs as SUDO_UID/SUDO_GID.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -27,9 +28,12 @@ type services struct {
 	names  *dns.Names
 	tracer *atomic.Pointer[loader.Tracer]
 
-	// serverName returns the TLS/HTTP name a flow sent (set by the run).
-	serverName func(cookie uint64) string
-	warnings   []string
+	warnings []string
+
+	// rootlessClients maps the local port of a query the rootless backend
+	// relays to the forwarder to what the program asked (clientKey →
+	// dns.ClientInfo).
+	rootlessClients sync.Map
 }
 
 func startServices(ctx context.Context, o *Options, sink flows.Sink,
@@ -147,6 +151,9 @@ func (s *services) namesOf(ip netip.Addr) []string {
 }
 
 func (s *services) dnsClient(src netip.AddrPort, proto string) (dns.ClientInfo, bool) {
+	if v, ok := s.rootlessClients.Load(clientKey{src.Port(), proto}); ok {
+		return v.(dns.ClientInfo), true
+	}
 	t := s.tracer.Load()
 	if t == nil {
 		return dns.ClientInfo{}, false

@@ -89,17 +89,6 @@ func (t *translator) forget(cookie uint64) {
 	t.mu.Unlock()
 }
 
-// serverName returns the TLS or HTTP server name a flow sent, if seen.
-func (t *translator) serverName(cookie uint64) string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if s := t.flows[cookie]; s != nil {
-		return s.server
-	}
-
-	return ""
-}
-
 // handle translates one kernel event.
 func (t *translator) handle(e *loader.Event) {
 	switch e.Kind {

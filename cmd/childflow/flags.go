@@ -86,6 +86,8 @@ func traceFlags() []cli.Flag {
 			Usage: "use the eBPF backend (same as --backend ebpf)"},
 		&cli.BoolFlag{Name: "keep-root", Category: catBackend,
 			Usage: "under sudo, run the command as root instead of the invoking user"},
+		&cli.BoolFlag{Name: "host-loopback", Category: catBackend,
+			Usage: "rootless: let the command reach the host's 127.0.0.1 and ::1 through its gateway address"},
 		&cli.StringFlag{Name: "iface", Aliases: []string{"i"}, Category: catBackend,
 			Usage: "accepted for childflow 0.8 scripts; the eBPF backend needs no interface"},
 

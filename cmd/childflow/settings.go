@@ -60,6 +60,7 @@ func applyFlags(c *cli.Context, s *settings) error {
 	flag("proxy-loopback", &s.proxyLoopback)
 	str("backend", &s.backend)
 	flag("keep-root", &s.keepRoot)
+	flag("host-loopback", &s.hostLoopback)
 	flag("fail-on-leak", &s.failOnLeak)
 	flag("dump-profile", &s.dumpProfile)
 	if c.Bool("root") {

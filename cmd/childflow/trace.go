@@ -126,8 +126,9 @@ type settings struct {
 	proxyURL, proxyUser, proxyPassword, proxyPasswordFile string
 	proxyInsecure, proxyLoopback                          bool
 
-	backend  string
-	keepRoot bool
+	backend      string
+	keepRoot     bool
+	hostLoopback bool
 
 	dumpProfile bool
 	profilePath string
@@ -147,13 +148,14 @@ func (s *settings) options() (*trace.Options, error) {
 		return nil, usagef("no command given (usage: childflow trace [flags] -- CMD ARGS...)")
 	}
 	o := &trace.Options{
-		Command:     s.command,
-		Backend:     s.backend,
-		CapturePath: s.capture,
-		SnapLen:     uint32(s.snaplen),
-		FlowLogPath: s.flowLog,
-		HostsFile:   s.hostsFile,
-		KeepRoot:    s.keepRoot,
+		Command:      s.command,
+		Backend:      s.backend,
+		CapturePath:  s.capture,
+		SnapLen:      uint32(s.snaplen),
+		FlowLogPath:  s.flowLog,
+		HostsFile:    s.hostsFile,
+		KeepRoot:     s.keepRoot,
+		HostLoopback: s.hostLoopback,
 	}
 	if s.captureBuffer != 0 {
 		mib := s.captureBuffer
