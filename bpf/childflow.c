@@ -182,15 +182,17 @@ static __always_inline void cf_dst_of(struct bpf_sock_addr *ctx, struct cf_dst *
 	d->family = 6;
 }
 
+/* cf_is_loopback is true for 127/8, ::1 and the unspecified addresses, which
+ * a connect sends to the local host too. */
 static __always_inline int cf_is_loopback(const __u8 *a, __u8 family)
 {
 	if (family == 4)
-		return a[0] == 127;
+		return a[0] == 127 || !(a[0] | a[1] | a[2] | a[3]);
 
 	for (int i = 0; i < 15; i++)
 		if (a[i])
 			return 0;
-	return a[15] == 1;
+	return a[15] <= 1;
 }
 
 static __always_inline int cf_is_metadata(const __u8 *a, __u8 family)
@@ -556,6 +558,21 @@ static __always_inline void cf_report_dst(__u8 kind, __u64 cookie, const struct 
 	cf_submit(e);
 }
 
+/* cf_same_or_redirect tells whether d is the flow's destination or the
+ * loopback address it was redirected to. */
+static __always_inline int cf_same_or_redirect(const struct cf_flow *f, const struct cf_dst *d)
+{
+	if (d->port == f->dport && !__builtin_memcmp(d->addr, f->daddr, 16))
+		return 1;
+	if (!cf_is_loopback(d->addr, d->family))
+		return 0;
+	if (f->flags & CF_F_DNS_REDIRECT)
+		return d->port == cf_cfg_dns_port4 || d->port == cf_cfg_dns_port6;
+	if (f->flags & CF_F_VIA_PROXY)
+		return d->port == cf_cfg_proxy_port4 || d->port == cf_cfg_proxy_port6;
+	return 0;
+}
+
 /*
  * cf_sock_addr is the body of connect4/6 and sendmsg4/6. It returns 1 to let
  * the call go on (possibly redirected) and 0 to fail it with EPERM.
@@ -564,20 +581,30 @@ static __always_inline int cf_sock_addr(struct bpf_sock_addr *ctx, const int con
 					const int v6)
 {
 	struct cf_dst d;
-	__u8 proto = ctx->type == SOCK_STREAM ? IPPROTO_TCP : IPPROTO_UDP;
+	__u8 proto = IPPROTO_UDP;
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	__u16 flags = 0;
 	__u32 rule;
 
 	if (ctx->type != SOCK_STREAM && ctx->type != SOCK_DGRAM)
 		return 1;
+	if (ctx->type == SOCK_STREAM)
+		proto = IPPROTO_TCP;
+	else if (ctx->protocol == IPPROTO_ICMP || ctx->protocol == IPPROTO_ICMPV6)
+		proto = ctx->protocol; /* a ping socket */
 	cf_dst_of(ctx, &d, v6);
 
 	struct cf_flow *f = cf_flow_of(cookie);
 	if (!f)
 		f = cf_flow_new(cookie, d.family, proto, 1);
 
-	int dns = cf_cfg_dns && d.port == 53;
+	/* IPv4-mapped sends of a connected IPv6 UDP socket pass through
+	 * sendmsg4 with the connected (possibly redirected) address: the
+	 * connect already judged it. */
+	if (!connect && f && (f->flags & CF_F_CONNECTED) && cf_same_or_redirect(f, &d))
+		return 1;
+
+	int dns = cf_cfg_dns && d.port == 53 && proto != IPPROTO_ICMP && proto != IPPROTO_ICMPV6;
 	if (dns) {
 		/* Names are policed by the forwarder. */
 		flags = CF_F_DNS_REDIRECT;
@@ -604,7 +631,7 @@ static __always_inline int cf_sock_addr(struct bpf_sock_addr *ctx, const int con
 		if (connect || changed || f->dport == 0) {
 			cf_note_dst(f, &d, flags);
 			if (connect)
-				f->flags |= CF_F_CONNECTED;
+				f->flags |= CF_F_CONNECTED | CF_F_POLICED;
 			cf_report_dst(connect ? CF_EV_CONNECT : CF_EV_DATAGRAM, cookie, &d, proto,
 				      flags);
 		}
@@ -983,7 +1010,9 @@ static __always_inline int cf_skb(struct __sk_buff *skb, int egress)
 			struct cf_l3 l;
 			__u32 rule;
 
-			if (!cf_parse_l3(skb, 1, &l)) {
+			/* A connected ping socket was judged at connect. */
+			if (!cf_parse_l3(skb, 1, &l) &&
+			    !((f->flags & CF_F_POLICED) && !__builtin_memcmp(l.addr, f->daddr, 16))) {
 				__u8 reason = cf_evaluate(l.addr, l.family, 0, &rule);
 
 				if (reason != CF_R_NONE) {

@@ -28,7 +28,8 @@ const (
 // NamePolicy decides whether a query name may be resolved. CheckName gets the
 // name lowercased without the trailing dot. When it denies, v (if not nil) is
 // emitted after the forwarder fills Protocol ("dns"), the process and, when
-// empty, Action and RemoteStr. It must be safe for concurrent use.
+// empty, Action and RemoteStr; v is also emitted when not denying (audit).
+// Each call must return a new v. It must be safe for concurrent use.
 type NamePolicy interface {
 	CheckName(name string) (deny bool, v *flows.PolicyViolation)
 }
@@ -44,9 +45,13 @@ type ClientInfo struct {
 // Config configures a Forwarder. Zero fields take the defaults documented on
 // each field.
 type Config struct {
-	// Upstreams are tried in order, moving on after a failure. Empty means
-	// the nameservers of /etc/resolv.conf (not read when Offline).
+	// Upstreams are tried in turn, starting with the one that answered
+	// last and moving on after a failure. Empty means the nameservers of
+	// ResolvConf (not read when Offline).
 	Upstreams []netip.AddrPort
+	// ResolvConf is the resolver configuration read when Upstreams is
+	// empty (DefaultResolvConf).
+	ResolvConf string
 	// Listen are the loopback addresses served over both UDP and TCP on the
 	// same port; port 0 picks one. Empty means 127.0.0.1:0 and [::1]:0 (the
 	// latter skipped when IPv6 is unavailable).
@@ -118,13 +123,14 @@ type Forwarder struct {
 	serving   sync.WaitGroup
 	closed    sync.Once
 	preferred atomic.Uint32 // index of the upstream that last answered
-	warned    atomic.Bool
+	warnedUp  atomic.Bool   // an upstream failure was logged as a warning
+	warnedLrn atomic.Bool   // a Learn failure was logged as a warning
 	stats     counters
 }
 
 // Start listens on cfg.Listen and serves until ctx is cancelled or Close is
 // called. It fails if an address cannot be bound or, without upstreams and
-// not offline, /etc/resolv.conf names no nameserver.
+// not offline, cfg.ResolvConf names no nameserver.
 func Start(ctx context.Context, cfg Config) (*Forwarder, error) {
 	cfg, err := withDefaults(cfg)
 	if err != nil {
@@ -151,8 +157,11 @@ func Start(ctx context.Context, cfg Config) (*Forwarder, error) {
 }
 
 func withDefaults(cfg Config) (Config, error) {
+	if cfg.ResolvConf == "" {
+		cfg.ResolvConf = DefaultResolvConf
+	}
 	if len(cfg.Upstreams) == 0 && !cfg.Offline {
-		ups, err := ResolvConf(DefaultResolvConf)
+		ups, err := ResolvConf(cfg.ResolvConf)
 		if err != nil {
 			return cfg, fmt.Errorf("find upstream resolver: %w", err)
 		}
@@ -232,17 +241,20 @@ func listenPair(ap netip.AddrPort, hint uint16) (*net.UDPConn, *net.TCPListener,
 }
 
 func tryListenPair(ap netip.AddrPort) (*net.UDPConn, *net.TCPListener, error) {
-	pc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(ap))
+	// TCP first: a random port free for TCP listening is the scarce one on
+	// a host with many connections in TIME_WAIT (their ports cannot be
+	// bound), while UDP ports are rarely taken.
+	ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(ap))
 	if err != nil {
-		return nil, nil, fmt.Errorf("listen on udp %s: %w", ap, err)
+		return nil, nil, fmt.Errorf("listen on tcp %s: %w", ap, err)
 	}
 
-	port := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
-	tcp := netip.AddrPortFrom(ap.Addr(), port)
-	ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(tcp))
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	udp := netip.AddrPortFrom(ap.Addr(), port)
+	pc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(udp))
 	if err != nil {
-		pc.Close()
-		return nil, nil, fmt.Errorf("listen on tcp %s: %w", tcp, err)
+		ln.Close()
+		return nil, nil, fmt.Errorf("listen on udp %s: %w", udp, err)
 	}
 
 	return pc, ln, nil
@@ -259,14 +271,19 @@ func (f *Forwarder) serve(pc *net.UDPConn, ln *net.TCPListener) {
 		srv.MsgInvalidFunc = func([]byte, error) { f.stats.malformed.Add(1) }
 		f.servers = append(f.servers, srv)
 
-		started := make(chan struct{})
+		started, exited := make(chan struct{}), make(chan struct{})
 		srv.NotifyStartedFunc = func() { close(started) }
 		f.serving.Go(func() {
+			defer close(exited)
 			if err := srv.ActivateAndServe(); err != nil {
 				f.log.Warn("dns forwarder stopped serving", "err", err)
 			}
 		})
-		<-started
+
+		select {
+		case <-started:
+		case <-exited:
+		}
 	}
 }
 

@@ -2,8 +2,12 @@ package dns
 
 import (
 	"errors"
+	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -128,7 +132,10 @@ func TestQueryAndAnswerEvents(t *testing.T) {
 func TestServerDefaultsToForwarder(t *testing.T) {
 	up := upstream(t, testenv.DNSServerOptions{})
 	events := &eventLog{}
-	f := startForwarder(t, Config{Upstreams: []netip.AddrPort{up.Addr}, Sink: events})
+	unknown := func(netip.AddrPort, string) (ClientInfo, bool) {
+		return ClientInfo{Server: netip.MustParseAddrPort("192.0.2.1:53"), Pid: 1}, false
+	}
+	f := startForwarder(t, Config{Upstreams: []netip.AddrPort{up.Addr}, Sink: events, Client: unknown})
 	addr := f.Addrs()[0]
 
 	mustAsk(t, addr, "tcp", "a.test", mdns.TypeA, 0)
@@ -136,6 +143,9 @@ func TestServerDefaultsToForwarder(t *testing.T) {
 
 	if ans.Server != addr.String() || ans.ServerPort != int(addr.Port()) || ans.Protocol != "tcp" {
 		t.Errorf("got server %s port %d protocol %s, want %s tcp", ans.Server, ans.ServerPort, ans.Protocol, addr)
+	}
+	if ans.Pid != 0 {
+		t.Errorf("got pid %d from a client lookup that failed, want 0", ans.Pid)
 	}
 }
 
@@ -216,7 +226,9 @@ func (p denyPolicy) CheckName(name string) (bool, *flows.PolicyViolation) {
 	}
 	matched := p.name
 
-	return true, &flows.PolicyViolation{ReasonCode: "deny_domain", Control: "--deny-domain", MatchedDomain: &matched}
+	return true, &flows.PolicyViolation{
+		ReasonCode: "deny_domain", Control: "--deny-domain", MatchedDomain: &matched,
+	}
 }
 
 func TestDeniedName(t *testing.T) {
@@ -297,7 +309,8 @@ func TestLearnBeforeAnswer(t *testing.T) {
 	}
 	close(release)
 
-	want := call{netip.MustParseAddr("192.0.2.20"), []string{"www.chain.test", "mid.chain.test", "end.chain.test"}, 100 * time.Second}
+	chain := []string{"www.chain.test", "mid.chain.test", "end.chain.test"}
+	want := call{netip.MustParseAddr("192.0.2.20"), chain, 100 * time.Second}
 	if c.ip != want.ip || !slices.Equal(c.names, want.names) || c.ttl != want.ttl {
 		t.Errorf("got Learn(%s, %v, %s), want Learn(%s, %v, %s)", c.ip, c.names, c.ttl, want.ip, want.names, want.ttl)
 	}
@@ -339,6 +352,7 @@ func TestLearnFailure(t *testing.T) {
 
 func TestUpstreamFailures(t *testing.T) {
 	const timeout, attempts = 200 * time.Millisecond, 2
+	slowName := map[string]time.Duration{"slow.test": time.Minute}
 	budget := timeout*attempts + 500*time.Millisecond
 
 	tests := []struct {
@@ -349,7 +363,7 @@ func TestUpstreamFailures(t *testing.T) {
 	}{
 		{"refused", "a.test", testenv.DNSServerOptions{}, true},
 		{"timeout", "drop.test", testenv.DNSServerOptions{Drop: map[string]bool{"drop.test": true}}, false},
-		{"slow", "slow.test", testenv.DNSServerOptions{Delay: map[string]time.Duration{"slow.test": time.Minute}}, false},
+		{"slow", "slow.test", testenv.DNSServerOptions{Delay: slowName}, false},
 		{"malformed", "a.test", testenv.DNSServerOptions{Malformed: true}, false},
 		{"truncated without tcp", "a.test", testenv.DNSServerOptions{TruncateUDP: true, NoTCP: true}, false},
 	}
@@ -360,7 +374,9 @@ func TestUpstreamFailures(t *testing.T) {
 				bad = upstream(t, tt.opts).Addr
 			}
 			events := &eventLog{}
-			f := startForwarder(t, Config{Upstreams: []netip.AddrPort{bad}, Timeout: timeout, Attempts: attempts, Sink: events})
+			f := startForwarder(t, Config{
+				Upstreams: []netip.AddrPort{bad}, Timeout: timeout, Attempts: attempts, Sink: events,
+			})
 
 			start := time.Now()
 			resp := mustAsk(t, f.Addrs()[0], "udp", tt.qname, mdns.TypeA, 0)
@@ -385,7 +401,9 @@ func TestUpstreamFailures(t *testing.T) {
 
 func TestSlowQueriesDoNotStallOthers(t *testing.T) {
 	up := upstream(t, testenv.DNSServerOptions{Delay: map[string]time.Duration{"slow.test": time.Minute}})
-	f := startForwarder(t, Config{Upstreams: []netip.AddrPort{up.Addr}, Timeout: 500 * time.Millisecond, Attempts: 2})
+	f := startForwarder(t, Config{
+		Upstreams: []netip.AddrPort{up.Addr}, Timeout: 500 * time.Millisecond, Attempts: 2,
+	})
 	addr := f.Addrs()[0]
 
 	var wg sync.WaitGroup
@@ -400,16 +418,20 @@ func TestSlowQueriesDoNotStallOthers(t *testing.T) {
 	}
 
 	time.Sleep(50 * time.Millisecond)
-	start := time.Now()
+	var slowest time.Duration
 	for i := range 50 {
+		start := time.Now()
 		proto := []string{"udp", "tcp"}[i%2]
 		resp := mustAsk(t, addr, proto, "a.test", mdns.TypeA, 0)
 		if resp.Rcode != mdns.RcodeSuccess {
 			t.Fatalf("fast query %d: got rcode %d, want NOERROR", i, resp.Rcode)
 		}
+		slowest = max(slowest, time.Since(start))
 	}
-	if took := time.Since(start); took > 500*time.Millisecond {
-		t.Errorf("50 fast queries took %s while slow ones were pending, want under 500ms", took)
+	// A fast query stalled behind a slow one would wait for its 500ms
+	// attempt to time out.
+	if slowest > 400*time.Millisecond {
+		t.Errorf("slowest fast query took %s while slow ones were pending, want under 400ms", slowest)
 	}
 
 	wg.Wait()
@@ -430,7 +452,8 @@ func TestBusyAnswersServfail(t *testing.T) {
 	up := upstream(t, testenv.DNSServerOptions{Delay: map[string]time.Duration{"slow.test": time.Minute}})
 	events := &eventLog{}
 	f := startForwarder(t, Config{
-		Upstreams: []netip.AddrPort{up.Addr}, Timeout: 300 * time.Millisecond, Attempts: 1, MaxInFlight: 2, Sink: events,
+		Upstreams: []netip.AddrPort{up.Addr}, Timeout: 300 * time.Millisecond, Attempts: 1,
+		MaxInFlight: 2, Sink: events,
 	})
 
 	var wg sync.WaitGroup
@@ -596,7 +619,8 @@ func TestNoQuestion(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	for _, ev := range events.all() {
-		if a, ok := ev.(*flows.DNSAnswer); ok && (a.QName != nil || a.QType != "unknown" || a.Mode != flows.ModeFailed) {
+		a, ok := ev.(*flows.DNSAnswer)
+		if ok && (a.QName != nil || a.QType != "unknown" || a.Mode != flows.ModeFailed) {
 			t.Errorf("got qname %v qtype %q mode %q, want null, unknown, failed", a.QName, a.QType, a.Mode)
 		}
 	}
@@ -612,6 +636,12 @@ func TestDefaultListenSharesPort(t *testing.T) {
 	addrs := f.Addrs()
 	if len(addrs) == 0 || addrs[0].Addr() != netip.MustParseAddr("127.0.0.1") {
 		t.Fatalf("got listen addresses %v, want 127.0.0.1 first", addrs)
+	}
+	if ln, err := net.Listen("tcp", "[::1]:0"); err == nil {
+		ln.Close()
+		if len(addrs) != 2 || addrs[1].Addr() != netip.IPv6Loopback() {
+			t.Errorf("got listen addresses %v, want 127.0.0.1 and ::1", addrs)
+		}
 	}
 	for _, a := range addrs {
 		if a.Port() != addrs[0].Port() {
@@ -649,5 +679,44 @@ func TestCloseAbortsPendingQueries(t *testing.T) {
 	}
 	if s := f.Stats(); s.Queries != 1 || s.Failures != 1 {
 		t.Errorf("got stats %+v, want the pending query failed", s)
+	}
+}
+
+func TestStartReadsResolvConf(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty")
+	stub := filepath.Join(dir, "stub")
+	for path, text := range map[string]string{empty: "search test\n", stub: "nameserver 127.0.0.53\n"} {
+		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	listen := []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}
+
+	if _, err := Start(t.Context(), Config{ResolvConf: empty, Listen: listen}); !errors.Is(err, ErrNoNameserver) {
+		t.Errorf("got error %v, want ErrNoNameserver", err)
+	}
+	if f, err := Start(t.Context(), Config{ResolvConf: empty, Listen: listen, Offline: true}); err != nil {
+		t.Errorf("offline: got error %v, want none (no upstream needed)", err)
+	} else {
+		f.Close()
+	}
+
+	f, err := Start(t.Context(), Config{ResolvConf: stub, Listen: listen})
+	if err != nil {
+		t.Fatalf("got error %v, want none", err)
+	}
+	defer f.Close()
+	if got := f.cfg.Upstreams; !slices.Equal(got, []netip.AddrPort{netip.MustParseAddrPort("127.0.0.53:53")}) {
+		t.Errorf("got upstreams %v, want [127.0.0.53:53]", got)
+	}
+}
+
+func TestStartFailsOnBusyPort(t *testing.T) {
+	f := startForwarder(t, Config{Offline: true})
+
+	_, err := Start(t.Context(), Config{Offline: true, Listen: f.Addrs()})
+	if err == nil || !strings.Contains(err.Error(), f.Addrs()[0].String()) {
+		t.Errorf("got error %v, want one naming %s", err, f.Addrs()[0])
 	}
 }

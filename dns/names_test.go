@@ -74,7 +74,8 @@ func TestNamesMerge(t *testing.T) {
 	}
 
 	clock.advance(20 * time.Second)
-	if got, want := n.Lookup(netip.MustParseAddr("::ffff:192.0.2.1")), []string{"a.test", "c.test"}; !slices.Equal(got, want) {
+	mapped := netip.MustParseAddr("::ffff:192.0.2.1")
+	if got, want := n.Lookup(mapped), []string{"a.test", "c.test"}; !slices.Equal(got, want) {
 		t.Errorf("after b.test expired: got %v, want %v", got, want)
 	}
 }

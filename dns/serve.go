@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	mdns "github.com/miekg/dns"
@@ -41,12 +42,12 @@ func (f *Forwarder) serveDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 	default:
 		f.stats.dropped.Add(1)
 		f.emitQuery(q)
-		f.finish(w, q, req, localReply(req, mdns.RcodeServerFailure), flows.ModeFailed, errBusy, nil)
+		f.finish(w, q, req, failed(req, mdns.RcodeServerFailure, errBusy))
 		return
 	}
 
-	resp, mode, v, err := f.answerLocally(q, req)
-	if resp == nil {
+	res, v, local := f.answerLocally(q, req)
+	if !local && len(f.cfg.Upstreams) > 0 {
 		q.ev.Upstream = f.cfg.Upstreams[f.firstUpstream()].String()
 	}
 
@@ -55,16 +56,29 @@ func (f *Forwarder) serveDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 		f.emit(v)
 	}
 
-	if resp == nil {
-		resp, mode, err = f.forward(q, req)
+	if !local {
+		res = f.forward(q, req)
 	}
 
-	var sum *summary
-	if err == nil && (mode == flows.ModeRelayed || mode == flows.ModeHostsFile) {
-		resp, mode, sum, err = f.learn(q, req, resp, mode)
+	if res.mode == flows.ModeRelayed || res.mode == flows.ModeHostsFile {
+		res = f.learn(q, req, res)
 	}
 
-	f.finish(w, q, req, resp, mode, err, sum)
+	f.finish(w, q, req, res)
+}
+
+// result is the answer to a query: the message, its mode, the error of a
+// failed one and, once known, its summary.
+type result struct {
+	resp *mdns.Msg
+	mode string
+	err  error
+	sum  *summary
+}
+
+// failed is a result of ours with rcode, for err.
+func failed(req *mdns.Msg, rcode int, err error) result {
+	return result{resp: localReply(req, rcode), mode: flows.ModeFailed, err: err}
 }
 
 // newQuery describes req: transport, the server the program asked, the
@@ -75,7 +89,9 @@ func (f *Forwarder) newQuery(w mdns.ResponseWriter, req *mdns.Msg) *query {
 
 	var info ClientInfo
 	if f.cfg.Client != nil {
-		info, _ = f.cfg.Client(src, proto)
+		if i, ok := f.cfg.Client(src, proto); ok {
+			info = i
+		}
 	}
 	server := local
 	if info.Server.IsValid() {
@@ -140,34 +156,40 @@ func typeName(t uint16) string {
 	return fmt.Sprintf("TYPE%d", t)
 }
 
-// answerLocally returns the answer to a query that is not forwarded, with its
-// mode, the policy violation to emit (if any) and the error of a failed one;
-// or a nil answer when the query must be forwarded.
-func (f *Forwarder) answerLocally(q *query, req *mdns.Msg) (*mdns.Msg, string, *flows.PolicyViolation, error) {
+// answerLocally returns the answer to a query that is not forwarded and
+// true, or false when the query must be forwarded; and the policy violation
+// to emit, if any.
+func (f *Forwarder) answerLocally(q *query, req *mdns.Msg) (result, *flows.PolicyViolation, bool) {
 	if req.Opcode != mdns.OpcodeQuery {
 		err := fmt.Errorf("serve opcode %d: not supported", req.Opcode)
-		return localReply(req, mdns.RcodeNotImplemented), flows.ModeFailed, nil, err
+		return failed(req, mdns.RcodeNotImplemented, err), nil, true
 	}
 	if n := len(req.Question); n != 1 {
 		err := fmt.Errorf("serve query with %d questions: want 1", n)
-		return localReply(req, mdns.RcodeFormatError), flows.ModeFailed, nil, err
+		return failed(req, mdns.RcodeFormatError, err), nil, true
 	}
 
 	deny, v := f.checkName(q)
 	if deny {
 		f.stats.denied.Add(1)
-		return localReply(req, mdns.RcodeSuccess), flows.ModeSyntheticEmpty, v, nil
+		return empty(req), v, true
 	}
 
 	if resp := f.fromHosts(q, req); resp != nil {
-		return resp, flows.ModeHostsFile, v, nil
+		return result{resp: resp, mode: flows.ModeHostsFile}, v, true
 	}
 
 	if f.cfg.Offline {
-		return localReply(req, mdns.RcodeSuccess), flows.ModeSyntheticEmpty, v, nil
+		return empty(req), v, true
 	}
 
-	return nil, "", v, nil
+	return result{}, v, false
+}
+
+// empty is the NOERROR answer without records given for denied names and
+// offline runs.
+func empty(req *mdns.Msg) result {
+	return result{resp: localReply(req, mdns.RcodeSuccess), mode: flows.ModeSyntheticEmpty}
 }
 
 // checkName asks the policy about the query name. A violation is returned
@@ -243,8 +265,8 @@ func localReply(req *mdns.Msg, rcode int) *mdns.Msg {
 
 // learn hands every address of resp to Config.Learn and the Names table. If
 // Learn fails, the answer becomes SERVFAIL.
-func (f *Forwarder) learn(q *query, req, resp *mdns.Msg, mode string) (*mdns.Msg, string, *summary, error) {
-	sum := summarize(q.name, resp)
+func (f *Forwarder) learn(q *query, req *mdns.Msg, res result) result {
+	sum := summarize(q.name, res.resp)
 
 	for _, a := range sum.addrs {
 		names := sum.namesOf(a)
@@ -252,50 +274,56 @@ func (f *Forwarder) learn(q *query, req, resp *mdns.Msg, mode string) (*mdns.Msg
 		if f.cfg.Learn != nil {
 			if err := f.cfg.Learn(a.ip, names, ttl); err != nil {
 				f.stats.learnErrs.Add(1)
-				f.warn("dns forwarder cannot learn an address; answering SERVFAIL",
+				f.warn(&f.warnedLrn, "dns forwarder cannot learn an address; answering SERVFAIL",
 					"ip", a.ip, "qname", q.name, "err", err)
 				err = fmt.Errorf("learn %s for %s: %w", a.ip, q.name, err)
-				return localReply(req, mdns.RcodeServerFailure), flows.ModeFailed, nil, err
+				return failed(req, mdns.RcodeServerFailure, err)
 			}
 		}
 		f.names.Add(a.ip, names, ttl)
 	}
+	res.sum = sum
 
-	return resp, mode, sum, nil
+	return res
 }
 
-// finish writes resp to the program, cut to its UDP size, and emits the
-// answer event. sum describes resp when known.
-func (f *Forwarder) finish(w mdns.ResponseWriter, q *query, req, resp *mdns.Msg, mode string, err error, sum *summary) {
-	resp.Id = req.Id
-	if mode == flows.ModeRelayed {
-		f.stats.relayed.Add(1)
-	} else if mode != flows.ModeFailed {
-		f.stats.local.Add(1)
-	}
-	if mode == flows.ModeFailed {
-		f.stats.failures.Add(1)
-	}
+// finish writes the answer to the program, cut to its UDP size, and emits
+// the answer event.
+func (f *Forwarder) finish(w mdns.ResponseWriter, q *query, req *mdns.Msg, res result) {
+	f.count(res.mode)
 
+	resp := res.resp
+	resp.Id = req.Id
 	resp.Compress = true
 	if q.proto == "udp" {
 		was := resp.Truncated
 		resp.Truncate(q.udpSize)
 		if resp.Truncated && !was {
 			f.stats.truncated.Add(1)
-			sum = nil
+			res.sum = nil
 		}
 	}
 
-	n, werr := f.write(w, resp)
-	if werr != nil && err == nil {
-		err = werr
+	n, err := f.write(w, resp)
+	if res.err == nil {
+		res.err = err
 	}
 
-	if sum == nil {
-		sum = summarize(q.name, resp)
+	if res.sum == nil {
+		res.sum = summarize(q.name, resp)
 	}
-	f.emitAnswer(q, resp, mode, n, err, sum)
+	f.emitAnswer(q, n, res)
+}
+
+func (f *Forwarder) count(mode string) {
+	switch mode {
+	case flows.ModeRelayed:
+		f.stats.relayed.Add(1)
+	case flows.ModeFailed:
+		f.stats.failures.Add(1)
+	default:
+		f.stats.local.Add(1)
+	}
 }
 
 // write packs and sends resp, returning its size on the wire.
@@ -324,11 +352,12 @@ func (f *Forwarder) emitQuery(q *query) {
 	f.emit(&ev)
 }
 
-func (f *Forwarder) emitAnswer(q *query, resp *mdns.Msg, mode string, n int, err error, sum *summary) {
+func (f *Forwarder) emitAnswer(q *query, n int, res result) {
 	latency := time.Since(q.start)
+	rcode := mdns.RcodeToString[res.resp.Rcode]
 	if f.log.Enabled(context.Background(), slog.LevelDebug) {
-		f.log.Debug("dns answer", "qname", q.name, "qtype", q.ev.QType, "mode", mode,
-			"rcode", mdns.RcodeToString[resp.Rcode], "latency", latency, "err", err)
+		f.log.Debug("dns answer", "qname", q.name, "qtype", q.ev.QType, "mode", res.mode,
+			"rcode", rcode, "latency", latency, "err", res.err)
 	}
 	if f.cfg.Sink == nil {
 		return
@@ -336,17 +365,17 @@ func (f *Forwarder) emitAnswer(q *query, resp *mdns.Msg, mode string, n int, err
 
 	ev := &flows.DNSAnswer{
 		DNSQuery:  q.ev,
-		Mode:      mode,
+		Mode:      res.mode,
 		Bytes:     n,
-		AnswerIPs: sum.ipStrings(),
-		RCode:     mdns.RcodeToString[resp.Rcode],
-		CNAMEs:    sum.cnames,
-		Records:   sum.records,
-		TTL:       sum.ttl,
+		AnswerIPs: res.sum.ipStrings(),
+		RCode:     rcode,
+		CNAMEs:    res.sum.cnames,
+		Records:   res.sum.records,
+		TTL:       res.sum.ttl,
 		LatencyUs: latency.Microseconds(),
 	}
-	if err != nil {
-		ev.Error = err.Error()
+	if res.err != nil {
+		ev.Error = res.err.Error()
 	}
 	f.emit(ev)
 }
@@ -359,8 +388,8 @@ func (f *Forwarder) emit(ev flows.Event) {
 
 // warn logs the first of a kind of repeated failure at warning level and the
 // rest at debug level, so that a broken upstream does not flood the log.
-func (f *Forwarder) warn(msg string, args ...any) {
-	if f.warned.CompareAndSwap(false, true) {
+func (f *Forwarder) warn(once *atomic.Bool, msg string, args ...any) {
+	if once.CompareAndSwap(false, true) {
 		f.log.Warn(msg, args...)
 		return
 	}

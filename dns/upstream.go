@@ -23,8 +23,9 @@ import (
 const maxStray = 16
 
 var (
-	errStray     = errors.New("answer does not match the query")
-	errMalformed = errors.New("malformed answer")
+	errStray      = errors.New("answer does not match the query")
+	errMalformed  = errors.New("malformed answer")
+	errNoUpstream = errors.New("ask upstream: no upstream configured")
 )
 
 // bufPool holds buffers for one message with its TCP length prefix.
@@ -37,12 +38,15 @@ func (f *Forwarder) firstUpstream() int {
 
 // forward asks the upstreams in turn, up to Config.Attempts times within
 // Timeout*Attempts, and returns their answer, or SERVFAIL and the last error.
-func (f *Forwarder) forward(q *query, req *mdns.Msg) (*mdns.Msg, string, error) {
+func (f *Forwarder) forward(q *query, req *mdns.Msg) result {
 	budget := f.cfg.Timeout * time.Duration(f.cfg.Attempts)
 	ctx, cancel := context.WithTimeout(f.ctx, budget)
 	defer cancel()
 
 	ups := f.cfg.Upstreams
+	if len(ups) == 0 {
+		return failed(req, mdns.RcodeServerFailure, errNoUpstream)
+	}
 	first := f.firstUpstream()
 	var err error
 	for i := 0; i < f.cfg.Attempts && ctx.Err() == nil; i++ {
@@ -52,65 +56,76 @@ func (f *Forwarder) forward(q *query, req *mdns.Msg) (*mdns.Msg, string, error) 
 		if err == nil {
 			f.preferred.Store(uint32(idx))
 			q.ev.Upstream = ups[idx].String()
-			return resp, flows.ModeRelayed, nil
+			return result{resp: resp, mode: flows.ModeRelayed}
 		}
 
 		f.stats.upstreamErrs.Add(1)
-		f.warn("dns upstream failed", "upstream", ups[idx], "qname", q.name, "err", err)
+		f.warn(&f.warnedUp, "dns upstream failed", "upstream", ups[idx], "qname", q.name, "err", err)
 	}
 	if err == nil {
 		err = fmt.Errorf("ask upstream: %w", ctx.Err())
 	}
 
-	return localReply(req, mdns.RcodeServerFailure), flows.ModeFailed, err
+	return failed(req, mdns.RcodeServerFailure, err)
 }
 
+// upstreamQuery is a query as sent upstream: its wire form with a fresh ID.
+type upstreamQuery struct {
+	wire     []byte
+	id       uint16
+	question []mdns.Question
+}
+
+type exchangeFunc func(context.Context, netip.AddrPort, *upstreamQuery) (*mdns.Msg, error)
+
 // exchange asks up once, over the program's transport; a truncated UDP
-// answer is asked again over TCP.
-func (f *Forwarder) exchange(ctx context.Context, up netip.AddrPort, proto string, req *mdns.Msg) (*mdns.Msg, error) {
-	id := uint16(rand.Uint32())
-	wire, err := packWithID(req, id)
+// answer is asked again over TCP. Each exchange gets Config.Timeout.
+func (f *Forwarder) exchange(
+	ctx context.Context, up netip.AddrPort, proto string, req *mdns.Msg,
+) (*mdns.Msg, error) {
+	uq, err := newUpstreamQuery(req)
 	if err != nil {
 		return nil, err
 	}
 
 	if proto == "udp" {
-		resp, err := f.withTimeout(ctx, func(ctx context.Context) (*mdns.Msg, error) {
-			return exchangeUDP(ctx, up, wire, id, req.Question)
-		})
+		resp, err := f.withTimeout(ctx, exchangeUDP, up, uq)
 		if err != nil || !resp.Truncated {
 			return resp, err
 		}
 	}
 
-	return f.withTimeout(ctx, func(ctx context.Context) (*mdns.Msg, error) {
-		return exchangeTCP(ctx, up, wire, id, req.Question)
-	})
+	return f.withTimeout(ctx, exchangeTCP, up, uq)
 }
 
-func (f *Forwarder) withTimeout(ctx context.Context, fn func(context.Context) (*mdns.Msg, error)) (*mdns.Msg, error) {
+func (f *Forwarder) withTimeout(
+	ctx context.Context, fn exchangeFunc, up netip.AddrPort, uq *upstreamQuery,
+) (*mdns.Msg, error) {
 	ctx, cancel := context.WithTimeout(ctx, f.cfg.Timeout)
 	defer cancel()
 
-	return fn(ctx)
+	return fn(ctx, up, uq)
 }
 
-// packWithID packs req with the upstream ID id, leaving req unchanged.
-func packWithID(req *mdns.Msg, id uint16) ([]byte, error) {
+// newUpstreamQuery packs req with a random ID, leaving req unchanged.
+func newUpstreamQuery(req *mdns.Msg) (*upstreamQuery, error) {
+	uq := &upstreamQuery{id: uint16(rand.Uint32()), question: req.Question}
+
 	orig := req.Id
-	req.Id = id
+	req.Id = uq.id
 	wire, err := req.Pack()
 	req.Id = orig
 	if err != nil {
 		return nil, fmt.Errorf("pack query: %w", err)
 	}
+	uq.wire = wire
 
-	return wire, nil
+	return uq, nil
 }
 
-// exchangeUDP sends wire to up from a fresh socket and waits for the answer
-// with ID id to question, skipping stray datagrams.
-func exchangeUDP(ctx context.Context, up netip.AddrPort, wire []byte, id uint16, question []mdns.Question) (*mdns.Msg, error) {
+// exchangeUDP sends uq to up from a fresh socket and waits for its answer,
+// skipping stray datagrams.
+func exchangeUDP(ctx context.Context, up netip.AddrPort, uq *upstreamQuery) (*mdns.Msg, error) {
 	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(up))
 	if err != nil {
 		return nil, fmt.Errorf("dial upstream udp %s: %w", up, err)
@@ -119,7 +134,7 @@ func exchangeUDP(ctx context.Context, up netip.AddrPort, wire []byte, id uint16,
 
 	defer bindDeadline(ctx, conn)()
 
-	if _, err := conn.Write(wire); err != nil {
+	if _, err := conn.Write(uq.wire); err != nil {
 		return nil, fmt.Errorf("send to upstream udp %s: %w", up, err)
 	}
 
@@ -131,7 +146,7 @@ func exchangeUDP(ctx context.Context, up netip.AddrPort, wire []byte, id uint16,
 			return nil, fmt.Errorf("read from upstream udp %s: %w", up, err)
 		}
 
-		resp, err := parseAnswer((*bp)[:n], id, question)
+		resp, err := parseAnswer((*bp)[:n], uq.id, uq.question)
 		if errors.Is(err, errStray) {
 			continue
 		}
@@ -145,8 +160,8 @@ func exchangeUDP(ctx context.Context, up netip.AddrPort, wire []byte, id uint16,
 	return nil, fmt.Errorf("read from upstream udp %s: %d stray answers", up, maxStray)
 }
 
-// exchangeTCP sends wire to up over a new TCP connection and reads the answer.
-func exchangeTCP(ctx context.Context, up netip.AddrPort, wire []byte, id uint16, question []mdns.Question) (*mdns.Msg, error) {
+// exchangeTCP sends uq to up over a new TCP connection and reads the answer.
+func exchangeTCP(ctx context.Context, up netip.AddrPort, uq *upstreamQuery) (*mdns.Msg, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", up.String())
 	if err != nil {
@@ -158,9 +173,9 @@ func exchangeTCP(ctx context.Context, up netip.AddrPort, wire []byte, id uint16,
 
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
-	buf := (*bp)[:2+len(wire)]
-	binary.BigEndian.PutUint16(buf, uint16(len(wire)))
-	copy(buf[2:], wire)
+	buf := (*bp)[:2+len(uq.wire)]
+	binary.BigEndian.PutUint16(buf, uint16(len(uq.wire)))
+	copy(buf[2:], uq.wire)
 	if _, err := conn.Write(buf); err != nil {
 		return nil, fmt.Errorf("send to upstream tcp %s: %w", up, err)
 	}
@@ -173,7 +188,7 @@ func exchangeTCP(ctx context.Context, up netip.AddrPort, wire []byte, id uint16,
 		return nil, fmt.Errorf("read from upstream tcp %s: %w", up, err)
 	}
 
-	resp, err := parseAnswer((*bp)[:n], id, question)
+	resp, err := parseAnswer((*bp)[:n], uq.id, uq.question)
 	if err != nil {
 		return nil, fmt.Errorf("read from upstream tcp %s: %w", up, err)
 	}

@@ -72,10 +72,12 @@ func policyControls(top *testenv.PolicyTopology) []policyControl {
 			deny: [2]netip.Addr{top.Metadata4, top.Metadata6}, allow: pub,
 			matched:    [2]*string{s("169.254.169.254/32"), s("fd00:ec2::254/128")},
 			reasonCode: "metadata", control: "--block-metadata"},
-		{name: "deny-cidr", args: []string{"--deny-cidr", "203.0.113.0/24", "--deny-cidr", "2001:db8:1::/48"},
+		{name: "deny-cidr",
+			args: []string{"--deny-cidr", "203.0.113.0/24", "--deny-cidr", "2001:db8:1::/48"},
 			deny: pub, allow: priv, matched: [2]*string{s("203.0.113.0/24"), s("2001:db8:1::/48")},
 			reasonCode: "deny_cidr", control: "--deny-cidr"},
-		{name: "deny-cidr-bare", args: []string{"--deny-cidr", "203.0.113.10", "--deny-cidr", "2001:db8:1::10"},
+		{name: "deny-cidr-bare",
+			args: []string{"--deny-cidr", "203.0.113.10", "--deny-cidr", "2001:db8:1::10"},
 			deny: pub, allow: priv, matched: [2]*string{s("203.0.113.10/32"), s("2001:db8:1::10/128")},
 			reasonCode: "deny_cidr", control: "--deny-cidr"},
 		{name: "default-deny", args: []string{"--default-policy", "deny",
@@ -110,14 +112,15 @@ type matrixAttempt struct {
 	denied bool // aimed at the row's denied destination
 }
 
-func (pn *policyNet) runControl(t *testing.T, c policyControl, fi int) {
+// planControl plans every kind of attempt of a family (fi 0 for IPv4, 1 for
+// IPv6) towards the row's denied and allowed destinations.
+func (pn *policyNet) planControl(t *testing.T, c policyControl, fi int) []matrixAttempt {
 	kinds := policyKinds4
 	if fi == 1 {
 		kinds = policyKinds6
 	}
 
 	var planned []matrixAttempt
-	var all []attempt
 	for _, kind := range kinds {
 		for _, denied := range []bool{true, false} {
 			dst, role := c.allow[fi], "allow"
@@ -126,8 +129,19 @@ func (pn *policyNet) runControl(t *testing.T, c policyControl, fi int) {
 			}
 			a := pn.plan(t, kind+"/"+role, kind, dst)
 			planned = append(planned, matrixAttempt{attempt: a, denied: denied})
-			all = append(all, a)
 		}
+	}
+
+	return planned
+}
+
+// runControl runs one row in one family and checks every attempt in a
+// subtest named after its kind and role.
+func (pn *policyNet) runControl(t *testing.T, c policyControl, fi int) {
+	planned := pn.planControl(t, c, fi)
+	all := make([]attempt, len(planned))
+	for i, p := range planned {
+		all[i] = p.attempt
 	}
 
 	res, results := pn.runAttempts(t, c.args, 0, all...)
@@ -169,44 +183,44 @@ func (pn *policyNet) reaches(c policyControl, p matrixAttempt) bool {
 	return !p.denied || c.audit
 }
 
+// checkAttempt checks one attempt of a row: its result, what its server
+// saw and its violation records.
 func (pn *policyNet) checkAttempt(t *testing.T, c policyControl, fi int, p matrixAttempt,
 	r attemptResult, res *result, expected map[string]bool) {
-	t.Helper()
 	viols := violationsOf(res, r.pid)
-	refused := c.rawRefused && strings.HasPrefix(p.kind, "raw")
-
 	switch {
-	case refused:
+	case c.rawRefused && strings.HasPrefix(p.kind, "raw"):
 		pn.checkRefusedRaw(t, c, fi, p, r, viols)
-	case pn.reaches(c, p):
-		if r.errno != 0 {
-			t.Errorf("attempt failed: errno %d at %s, want success", r.errno, r.stage)
-		}
-		if !expected[p.id] {
-			t.Errorf("server did not see the attempt (token %s)", p.token)
-		}
-		if p.kind == "ping" || p.kind == "ping-connect" {
-			if r.reply != "1" {
-				t.Errorf("ping reply = %s, want 1", r.reply)
-			}
-		}
-		if !p.denied {
-			if len(viols) != 0 {
-				t.Errorf("allowed attempt logged %d violations: %v", len(viols), viols)
-			}
-			return
-		}
-		pn.checkAttemptViolation(t, c, fi, p, r, viols)
-	default:
+	case !pn.reaches(c, p):
 		pn.checkDenied(t, p, r)
 		pn.checkAttemptViolation(t, c, fi, p, r, viols)
+	default:
+		checkReached(t, p, r, expected[p.id])
+		if p.denied {
+			pn.checkAttemptViolation(t, c, fi, p, r, viols) // audited
+		} else if len(viols) != 0 {
+			t.Errorf("allowed attempt logged %d violations: %v", len(viols), viols)
+		}
+	}
+}
+
+// checkReached checks an attempt that must get through: it succeeded, its
+// server saw it, and a ping got its reply.
+func checkReached(t *testing.T, p matrixAttempt, r attemptResult, seen bool) {
+	if r.errno != 0 {
+		t.Errorf("attempt failed: errno %d at %s, want success", r.errno, r.stage)
+	}
+	if !seen {
+		t.Errorf("server did not see the attempt (token %s)", p.token)
+	}
+	if strings.HasPrefix(p.kind, "ping") && r.reply != "1" {
+		t.Errorf("ping reply = %s, want 1", r.reply)
 	}
 }
 
 // checkDenied checks that a denied attempt failed promptly with EPERM and
 // that nothing reached the server.
 func (pn *policyNet) checkDenied(t *testing.T, p matrixAttempt, r attemptResult) {
-	t.Helper()
 	if p.kind == "ping" && p.dst.Is6() {
 		// The kernel drops the echo request but does not tell the sender:
 		// ping_v6_sendmsg ignores what icmpv6_push_pending_frames returns.
@@ -256,7 +270,6 @@ func attemptsOf(kind string) int64 {
 // the kernel sums its repeats into later records.
 func (pn *policyNet) checkAttemptViolation(t *testing.T, c policyControl, fi int,
 	p matrixAttempt, r attemptResult, viols []map[string]any) {
-	t.Helper()
 	wantN := int64(1)
 	if c.audit {
 		wantN = attemptsOf(p.kind)
@@ -316,7 +329,6 @@ func (pn *policyNet) wantFor(c policyControl, fi int, p matrixAttempt,
 // yet).
 func (pn *policyNet) checkRefusedRaw(t *testing.T, c policyControl, fi int, p matrixAttempt,
 	r attemptResult, viols []map[string]any) {
-	t.Helper()
 	if r.errno != int(syscall.EPERM) || r.stage != "socket" {
 		t.Errorf("errno %d at %s, want %d (EPERM) at socket", r.errno, r.stage, syscall.EPERM)
 	}
@@ -345,6 +357,26 @@ func checkNoLoss(t *testing.T, res *result) {
 	}
 	if strings.Contains(res.stderr, "lost") {
 		t.Errorf("stderr reports loss:\n%s", res.stderr)
+	}
+}
+
+// TestPolicyOfflineUnspecified connects to 0.0.0.0 and :: under --offline.
+// Linux delivers such a connect to the local host, and the policy package
+// counts these addresses as loopback, which --offline leaves reachable.
+func TestPolicyOfflineUnspecified(t *testing.T) {
+	pn := newPolicyNet(t)
+	v4 := pn.plan(t, "v4", "tcp", netip.IPv4Unspecified())
+	v6 := pn.plan(t, "v6", "tcp", netip.IPv6Unspecified())
+
+	res, results := pn.runAttempts(t, []string{"--offline"}, 0, v4, v6)
+	for _, a := range []attempt{v4, v6} {
+		t.Run(a.id, func(t *testing.T) {
+			r := results[a.id]
+			checkReached(t, matrixAttempt{attempt: a}, r, a.rec.waitSaw(a.token))
+			if v := violationsOf(res, r.pid); len(v) != 0 {
+				t.Errorf("connect to %s logged violations: %v", a.dst, v)
+			}
+		})
 	}
 }
 

@@ -459,9 +459,10 @@ func newPolicyNet(t *testing.T) *policyNet {
 }
 
 // where returns the namespace serving dst and its sightings: the client's
-// own loopback, or the server namespace.
+// own loopback (the unspecified address reaches it too), or the server
+// namespace.
 func (pn *policyNet) where(dst netip.Addr) (*testenv.Netns, *sightings) {
-	if dst.Unmap().IsLoopback() {
+	if d := dst.Unmap(); d.IsLoopback() || d.IsUnspecified() {
 		return pn.top.Client, pn.client
 	}
 
@@ -542,8 +543,11 @@ func (pn *policyNet) runAttempts(t *testing.T, args []string, exit int,
 		cmd = append(cmd, a.spec(pn))
 	}
 
+	// The matrix exercises the BPF enforcement points themselves, with a
+	// root command that keeps CAP_NET_RAW (--keep-caps) so that raw sockets
+	// can be tried; TestConfinedRootCommand covers the default.
 	res := run{
-		args:    append([]string{"--keep-root"}, args...),
+		args:    append([]string{"--keep-root", "--keep-caps"}, args...),
 		command: cmd, flowLog: true, ns: pn.top.Client.Name, timeout: 90 * time.Second,
 	}.do(t)
 	results := parseResults(t, res.stdout)

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -511,4 +512,38 @@ func waitGoroutines(t *testing.T, before int) {
 // baseline.
 func dialDirect(d *proxy.Dialer, origin netip.AddrPort) (net.Conn, error) {
 	return d.DialContext(context.Background(), proxy.Target{Addr: origin})
+}
+
+func TestRelayProxyKinds(t *testing.T) {
+	origin := proxytest.StartOrigin(t, "[::1]:0")
+	target := proxy.Target{Addr: origin.Addr(), Name: "origin6.test"}
+	wantAsked := map[string]string{
+		"https":   "origin6.test:" + strconv.Itoa(int(origin.Addr().Port())),
+		"socks5":  origin.Addr().String(),
+		"socks5h": "origin6.test:" + strconv.Itoa(int(origin.Addr().Port())),
+	}
+
+	for kind, want := range wantAsked {
+		p := startProxy(t, kind, proxytest.Options{User: "k", Password: "kind-pass-1"}, "k",
+			"kind-pass-1")
+		ev := newEvents()
+		relay, o := startRelay(t, p.dialer, ev, 0)
+
+		c, err := o.dial(relay.Addrs()[1], proxy.Origin{Target: target, FlowID: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		echo(t, c, p.srv, "through the relay and "+kind)
+		c.Close()
+		relay.Close()
+
+		if got := p.srv.Requests(); len(got) != 1 || got[0] != want {
+			t.Errorf("%s: proxy was asked for %v, want [%s]", kind, got, want)
+		}
+		raw, lines := ev.lines(t)
+		shown := p.dialer.Redacted()
+		if len(lines) != 1 || lines[0]["status"] != "ok" || lines[0]["proxy"] != shown {
+			t.Errorf("%s: events %s, want one ok connect_result through %s", kind, raw, shown)
+		}
+	}
 }

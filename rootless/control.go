@@ -57,17 +57,17 @@ type ctlMsg struct {
 	Warnings []string `json:"warnings,omitempty"`
 }
 
-// sendMsg writes m to the socket fd, with the file descriptor passFD attached
-// when it is not negative.
-func sendMsg(fd int, m ctlMsg, passFD int) error {
+// sendMsg writes m to the socket fd, with the file descriptors pass
+// attached.
+func sendMsg(fd int, m ctlMsg, pass ...int) error {
 	b, err := json.Marshal(m)
 	if err != nil {
 		return fmt.Errorf("encode %s message: %w", m.Kind, err)
 	}
 
 	var oob []byte
-	if passFD >= 0 {
-		oob = unix.UnixRights(passFD)
+	if len(pass) > 0 {
+		oob = unix.UnixRights(pass...)
 	}
 
 	if err := unix.Sendmsg(fd, b, oob, nil, 0); err != nil {
@@ -80,55 +80,56 @@ func sendMsg(fd int, m ctlMsg, passFD int) error {
 // errClosed reports that the peer closed the control socket.
 var errClosed = errors.New("control socket closed")
 
-// recvMsg reads one message from fd and the file descriptor attached to it,
-// or -1.
-func recvMsg(fd int) (ctlMsg, int, error) {
+// maxPassed is the number of file descriptors a message may carry.
+const maxPassed = 2
+
+// recvMsg reads one message from fd and the file descriptors attached to it;
+// the caller owns them.
+func recvMsg(fd int) (ctlMsg, []int, error) {
 	buf := make([]byte, 64<<10)
-	oob := make([]byte, unix.CmsgSpace(4))
+	oob := make([]byte, unix.CmsgSpace(4*maxPassed))
 
 	n, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
 	for err == unix.EINTR {
 		n, oobn, _, _, err = unix.Recvmsg(fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
 	}
 	if err != nil {
-		return ctlMsg{}, -1, fmt.Errorf("receive control message: %w", err)
+		return ctlMsg{}, nil, fmt.Errorf("receive control message: %w", err)
 	}
 	if n == 0 {
-		return ctlMsg{}, -1, errClosed
+		return ctlMsg{}, nil, errClosed
 	}
 
 	passed := parseRights(oob[:oobn])
 
 	var m ctlMsg
 	if err := json.Unmarshal(buf[:n], &m); err != nil {
-		closeFD(passed)
-		return ctlMsg{}, -1, fmt.Errorf("decode control message: %w", err)
+		closeFDs(passed)
+		return ctlMsg{}, nil, fmt.Errorf("decode control message: %w", err)
 	}
 
 	return m, passed, nil
 }
 
-func parseRights(oob []byte) int {
+func parseRights(oob []byte) []int {
 	cmsgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
-		return -1
+		return nil
 	}
 
+	var all []int
 	for _, c := range cmsgs {
 		fds, err := unix.ParseUnixRights(&c)
-		if err == nil && len(fds) > 0 {
-			for _, extra := range fds[1:] {
-				unix.Close(extra)
-			}
-			return fds[0]
+		if err == nil {
+			all = append(all, fds...)
 		}
 	}
 
-	return -1
+	return all
 }
 
-func closeFD(fd int) {
-	if fd >= 0 {
+func closeFDs(fds []int) {
+	for _, fd := range fds {
 		unix.Close(fd)
 	}
 }

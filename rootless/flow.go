@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
@@ -38,7 +39,8 @@ type flow struct {
 // remote (the host-side destination).
 func (ns *netStack) newFlow(proto string, remote netip.AddrPort, id stack.TransportEndpointID) *flow {
 	f := &flow{ns: ns, id: ns.nextID.Add(1), proto: proto, remote: remote, start: time.Now()}
-	f.proc = ns.procFor(proto, id.RemoteAddress.Len() == 16, id.RemotePort)
+	f.proc = ns.procFor(ipProto(proto), addrPort(id.RemoteAddress, id.RemotePort),
+		addrPort(id.LocalAddress, id.LocalPort))
 	if ns.cfg.Names != nil {
 		f.names = ns.cfg.Names(remote.Addr())
 	}
@@ -204,4 +206,12 @@ func (ns *netStack) target(asked netip.AddrPort) (netip.AddrPort, bool) {
 	}
 
 	return netip.AddrPortFrom(lo, asked.Port()), ns.cfg.HostLoopback
+}
+
+func ipProto(proto string) int {
+	if proto == "udp" {
+		return unix.IPPROTO_UDP
+	}
+
+	return unix.IPPROTO_TCP
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	mdns "github.com/miekg/dns"
 	"golang.org/x/sys/unix"
 
 	"github.com/childflow/childflow/rootless"
@@ -44,7 +45,7 @@ func runHelper(args []string) int {
 	modes := map[string]func([]string) int{
 		"get": helperGet, "dial": helperDial, "udp": helperUDP, "resolve": helperResolve,
 		"cat": helperCat, "sink": helperSink, "many": helperMany, "ping": helperPing,
-		"parent": helperParent,
+		"parent": helperParent, "dnstcp": helperDNSTCP,
 	}
 	f, ok := modes[args[0]]
 	if !ok {
@@ -230,4 +231,25 @@ func helperParent(args []string) int {
 	}
 
 	return res.ExitCode
+}
+
+// helperDNSTCP asks server for the A records of a name over TCP and prints
+// them.
+func helperDNSTCP(args []string) int {
+	c := mdns.Client{Net: "tcp", Timeout: 5 * time.Second}
+	q := new(mdns.Msg)
+	q.SetQuestion(mdns.Fqdn(args[1]), mdns.TypeA)
+
+	resp, _, err := c.Exchange(q, args[0])
+	if err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
+
+	for _, rr := range resp.Answer {
+		if a, ok := rr.(*mdns.A); ok {
+			fmt.Print(a.A)
+		}
+	}
+	return 0
 }

@@ -55,7 +55,7 @@ func runInit() int {
 }
 
 func initFail(err error) int {
-	if sendMsg(ctlFD, ctlMsg{Kind: msgFailed, Text: err.Error()}, -1) != nil {
+	if sendMsg(ctlFD, ctlMsg{Kind: msgFailed, Text: err.Error()}) != nil {
 		fmt.Fprintf(os.Stderr, "childflow: rootless init: %v\n", err)
 	}
 
@@ -115,8 +115,9 @@ func setupNamespace(cfg *initConfig) ([]string, error) {
 	return warnings, nil
 }
 
-// handOverTap creates and configures the tap, sends it to the parent and
-// waits for the parent's go.
+// handOverTap creates and configures the tap, sends it and a sock_diag
+// socket of the namespace (for finding the process behind a flow) to the
+// parent and waits for the parent's go.
 func handOverTap(cfg *initConfig, warnings []string) error {
 	tap, err := createTap(cfg.Tap)
 	if err != nil {
@@ -130,11 +131,19 @@ func handOverTap(cfg *initConfig, warnings []string) error {
 	}
 
 	warnings = append(warnings, more...)
-	if err := sendMsg(ctlFD, ctlMsg{Kind: msgReady, Warnings: warnings}, tap); err != nil {
-		unix.Close(tap)
+	pass := []int{tap}
+	diag, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		warnings = append(warnings, fmt.Sprintf("open sock_diag socket: %v", err))
+	} else {
+		pass = append(pass, diag)
+	}
+
+	err = sendMsg(ctlFD, ctlMsg{Kind: msgReady, Warnings: warnings}, pass...)
+	closeFDs(pass)
+	if err != nil {
 		return err
 	}
-	unix.Close(tap)
 
 	m, _, err := recvMsg(ctlFD)
 	if err != nil {
@@ -236,11 +245,11 @@ func superviseCommand(cfg *initConfig) int {
 	pid, code, err := startCommand(cfg)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "childflow: %v\n", err)
-		sendMsg(ctlFD, ctlMsg{Kind: msgExit, Code: code, Text: err.Error()}, -1)
+		sendMsg(ctlFD, ctlMsg{Kind: msgExit, Code: code, Text: err.Error()})
 		return code
 	}
 
-	if err := sendMsg(ctlFD, ctlMsg{Kind: msgStarted, Pid: pid}, -1); err != nil {
+	if err := sendMsg(ctlFD, ctlMsg{Kind: msgStarted, Pid: pid}); err != nil {
 		return 125
 	}
 
@@ -334,7 +343,7 @@ func reapUntil(pid int) int {
 			m.Signal = int(ws.Signal())
 			m.Code = 128 + m.Signal
 		}
-		sendMsg(ctlFD, m, -1)
+		sendMsg(ctlFD, m)
 
 		return m.Code & 0xff
 	}

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
@@ -40,6 +41,8 @@ type netStack struct {
 	tap      int
 	link     *tapEndpoint
 	procRoot int
+	diag     int
+	diagMu   sync.Mutex
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -56,17 +59,22 @@ type netStack struct {
 	closed    bool
 }
 
-func newNetStack(tap int, cfg *Config, log *slog.Logger) (*netStack, error) {
+// newNetStack serves the tap fd. diag is the namespace's sock_diag socket
+// (or -1) and procRoot the init's pid, for finding the processes of flows;
+// the netStack owns both descriptors.
+func newNetStack(tap, diag, procRoot int, cfg *Config, log *slog.Logger) (*netStack, error) {
 	ns := &netStack{
-		cfg: cfg, log: log, tap: tap,
+		cfg: cfg, log: log, tap: tap, procRoot: procRoot,
 		open:      make(map[uint64]*flow),
 		services:  make(map[*flow]struct{}),
 		udpDenied: make(map[stack.TransportEndpointID]time.Time),
 	}
 	ns.ctx, ns.cancel = context.WithCancel(context.Background())
+	ns.setDiag(diag)
 
 	link, err := ns.newLink()
 	if err != nil {
+		closeFDs([]int{tap, diag})
 		return nil, err
 	}
 
@@ -77,6 +85,8 @@ func newNetStack(tap int, cfg *Config, log *slog.Logger) (*netStack, error) {
 
 	if err := ns.configure(link); err != nil {
 		ns.st.Close()
+		ns.link.Close()
+		closeFDs([]int{diag})
 		return nil, err
 	}
 
@@ -93,11 +103,20 @@ func (ns *netStack) newLink() (stack.LinkEndpoint, error) {
 	return ep, nil
 }
 
-// configure creates the NIC (promiscuous and spoofing, so that it accepts and
-// answers for every destination), the gateway addresses, routes, TCP tuning
-// and the forwarders.
+// configure sets the TCP tuning and the forwarders, then creates the NIC
+// (promiscuous and spoofing, so that it accepts and answers for every
+// destination) with the gateway addresses and routes. The NIC starts
+// disabled: its link reads from the tap as soon as it exists.
 func (ns *netStack) configure(link stack.LinkEndpoint) error {
-	if err := ns.st.CreateNIC(nicID, link); err != nil {
+	if err := ns.tuneTCP(); err != nil {
+		return err
+	}
+
+	fwd := tcp.NewForwarder(ns.st, 0, 4096, ns.handleTCP)
+	ns.st.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
+	ns.st.SetTransportProtocolHandler(udp.ProtocolNumber, ns.handleUDP)
+
+	if err := ns.st.CreateNICWithOptions(nicID, link, stack.NICOptions{Disabled: true}); err != nil {
 		return fmt.Errorf("create NIC: %s", err)
 	}
 
@@ -115,13 +134,9 @@ func (ns *netStack) configure(link stack.LinkEndpoint) error {
 		{Destination: header.IPv6EmptySubnet, NIC: nicID},
 	})
 
-	if err := ns.tuneTCP(); err != nil {
-		return err
+	if err := ns.st.EnableNIC(nicID); err != nil {
+		return fmt.Errorf("enable NIC: %s", err)
 	}
-
-	fwd := tcp.NewForwarder(ns.st, 0, 4096, ns.handleTCP)
-	ns.st.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
-	ns.st.SetTransportProtocolHandler(udp.ProtocolNumber, ns.handleUDP)
 
 	return nil
 }
@@ -149,8 +164,13 @@ func (ns *netStack) tuneTCP() error {
 	sack := tcpip.TCPSACKEnabled(true)
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
 	cc := tcpip.CongestionControlOption("cubic")
+	// No TIME-WAIT: the tap loses nothing and holds no old duplicates, and a
+	// TIME-WAIT endpoint would swallow the SYN of the command's next
+	// connection from the same port (the forwarder has no listener that it
+	// could hand the SYN to).
+	tw := tcpip.TCPTimeWaitTimeoutOption(0)
 	opts := []tcpip.SettableTransportProtocolOption{
-		&sack, &moderate, &cc,
+		&sack, &moderate, &cc, &tw,
 		&tcpip.TCPSendBufferSizeRangeOption{Min: 4096, Default: tcpBufDefault, Max: tcpBufMax},
 		&tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: tcpBufDefault, Max: tcpBufMax},
 	}
@@ -192,8 +212,16 @@ func (ns *netStack) shutdown() {
 		ns.log.Warn("rootless relays did not stop in time")
 	}
 
+	ns.link.Close()
 	ns.st.Close()
 	ns.st.Wait()
+
+	ns.diagMu.Lock()
+	if ns.diag >= 0 {
+		unix.Close(ns.diag)
+		ns.diag = -1
+	}
+	ns.diagMu.Unlock()
 }
 
 func (ns *netStack) stats() Stats {

@@ -1,12 +1,14 @@
 package rootless
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/childflow/childflow/flows"
 )
@@ -18,52 +20,34 @@ const (
 	maxFDs   = 4096
 )
 
-// procFor finds the process of the command tree that owns the socket bound
-// to localPort, through the namespace's /proc/<init>/net tables and the
-// tree's /proc/<pid>/fd links. It returns a zero Proc when the socket or its
-// owner cannot be found (the socket already closed, or the tree is larger
-// than the bounds). The pids are those of the host's PID namespace.
-func (ns *netStack) procFor(proto string, v6 bool, localPort uint16) flows.Proc {
-	if ns.procRoot == 0 {
+// setDiag gives ns the namespace's sock_diag socket (or -1 without one).
+func (ns *netStack) setDiag(fd int) {
+	ns.diag = fd
+	if fd >= 0 {
+		tv := unix.NsecToTimeval(int64(time.Second))
+		unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	}
+}
+
+// procFor finds the process of the command tree that owns the socket of a
+// new flow from local (the command's address) to remote (the address it
+// asked for): sock_diag in the namespace gives the socket's inode, the
+// tree's /proc/<pid>/fd links its owner. It returns a zero Proc when the
+// socket or its owner cannot be found (no sock_diag, the socket already
+// closed, or the tree beyond the bounds). The pid is the host's.
+func (ns *netStack) procFor(proto int, local, remote netip.AddrPort) flows.Proc {
+	if ns.procRoot == 0 || ns.diag < 0 {
 		return flows.Proc{}
 	}
 
-	tables := []string{proto, proto + "6"}
-	if v6 {
-		tables = []string{proto + "6", proto}
+	ns.diagMu.Lock()
+	inode, err := socketInodeOf(ns.diag, proto, local, remote)
+	ns.diagMu.Unlock()
+	if err != nil || inode == 0 {
+		return flows.Proc{}
 	}
 
-	for _, t := range tables {
-		path := fmt.Sprintf("/proc/%d/net/%s", ns.procRoot, t)
-		if inode := socketInode(path, localPort); inode != "" {
-			return ownerOf(ns.procRoot, "socket:["+inode+"]")
-		}
-	}
-
-	return flows.Proc{}
-}
-
-// socketInode returns the inode of the socket whose local port is port in a
-// /proc/net/{tcp,udp}[6] table, or "".
-func socketInode(path string, port uint16) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-
-	want := fmt.Sprintf(":%04X", port)
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Scan()
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 10 || !strings.HasSuffix(f[1], want) || f[9] == "0" {
-			continue
-		}
-
-		return f[9]
-	}
-
-	return ""
+	return ownerOf(ns.procRoot, fmt.Sprintf("socket:[%d]", inode))
 }
 
 // ownerOf walks the tree under root and returns the first process holding

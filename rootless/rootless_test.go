@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -326,8 +327,8 @@ func TestUDPEcho(t *testing.T) {
 	}
 
 	end := findEnd(sink.all(), "udp")
-	if end == nil || end.BytesOut < 4 || end.BytesIn < 9 || !end.OpenAtExit {
-		t.Errorf("got flow_end %+v, want bytes both ways, open at exit", end)
+	if end == nil || end.BytesOut < 4 || end.BytesIn < 9 || !end.OpenAtExit || end.Pid == 0 {
+		t.Errorf("got flow_end %+v, want bytes both ways, open at exit, a pid", end)
 	}
 }
 
@@ -376,6 +377,24 @@ func TestDNSCallback(t *testing.T) {
 	defer d.mu.Unlock()
 	if len(d.seen) == 0 || d.seen[0] != want {
 		t.Errorf("got queries %q, want the first %q", d.seen, want)
+	}
+}
+
+func TestDNSCallbackTCP(t *testing.T) {
+	requireRootless(t)
+
+	d := &dnsAnswerer{name: "tcp.childflow.test", ip: net.ParseIP("192.0.2.12")}
+	server := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.53"), 53)
+	res, out := run(t, rootless.Config{DNS: d.answer}, "dnstcp", server.String(), d.name)
+	if res.ExitCode != 0 || out != "192.0.2.12" {
+		t.Fatalf("got exit %d output %q, want 0 and 192.0.2.12", res.ExitCode, out)
+	}
+
+	want := "tcp " + server.String() + " " + d.name + "."
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.seen) != 1 || d.seen[0] != want {
+		t.Errorf("got queries %q, want [%q]", d.seen, want)
 	}
 }
 
@@ -616,5 +635,101 @@ func TestUnprivileged(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "200 hello") {
 		t.Fatalf("got %v output %q, want 200 hello", err, out)
+	}
+}
+
+func TestIPv6HostLoopback(t *testing.T) {
+	requireRootless(t)
+
+	ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		testenv.Skip(t, "no IPv6 loopback: "+err.Error())
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+
+	sink := &events{}
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	dst := netip.AddrPortFrom(rootless.Gateway6, port).String()
+	res, out := run(t, rootless.Config{HostLoopback: true, Sink: sink}, "dial", dst)
+	if res.ExitCode != 0 {
+		t.Fatalf("got exit %d output %q, want 0", res.ExitCode, out)
+	}
+
+	want := netip.AddrPortFrom(netip.IPv6Loopback(), port).String()
+	if r := findResult(sink.all(), "tcp"); r == nil || r.RemoteAddr != want || r.Pid == 0 {
+		t.Errorf("got connect_result %+v, want remote %s and a pid", r, want)
+	}
+}
+
+func TestCancelKillsTree(t *testing.T) {
+	requireRootless(t)
+
+	const marker = "sleep 985.75"
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := rootless.Start(ctx, rootless.Config{Command: []string{"sh", "-c", marker + " & " + marker}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for i := 0; len(findProcs(marker)) < 2; i++ {
+		if i == 100 {
+			t.Fatalf("the command did not start: %v", findProcs(marker))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+
+	res, err := s.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ExitCode != 137 || res.Signal != syscall.SIGKILL {
+		t.Errorf("got exit %d signal %d, want 137 and SIGKILL", res.ExitCode, res.Signal)
+	}
+	waitNoProcs(t, marker)
+}
+
+// openFDs counts this process's open file descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	return len(fds)
+}
+
+func TestNoLeaks(t *testing.T) {
+	requireRootless(t)
+	addr, _ := httpServer(t)
+
+	run(t, rootless.Config{HostLoopback: true}, "get", gatewayURL(addr))
+	fds, goroutines := openFDs(t), runtime.NumGoroutine()
+	for range 3 {
+		run(t, rootless.Config{HostLoopback: true}, "get", gatewayURL(addr))
+	}
+
+	if got := openFDs(t); got > fds {
+		t.Errorf("got %d open descriptors after three more runs, want at most %d", got, fds)
+	}
+
+	for i := 0; runtime.NumGoroutine() > goroutines; i++ {
+		if i == 50 {
+			t.Errorf("got %d goroutines after three more runs, want at most %d",
+				runtime.NumGoroutine(), goroutines)
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

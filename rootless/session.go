@@ -121,7 +121,8 @@ type Stats struct {
 type Session struct {
 	cfg    Config
 	cmd    *exec.Cmd
-	ctl    *os.File
+	ctl    *os.File // guarded by mu once Start returned
+	ctlFD  int
 	tmpDir string
 	log    *slog.Logger
 
@@ -169,6 +170,9 @@ func Start(ctx context.Context, cfg Config) (*Session, error) {
 	if err := s.handshake(); err != nil {
 		s.kill()
 		s.cmd.Wait()
+		if s.net != nil {
+			s.net.shutdown()
+		}
 		s.cleanup()
 		return nil, err
 	}
@@ -204,6 +208,7 @@ func (s *Session) spawn() error {
 	}
 	defer child.Close()
 	s.ctl = parent
+	s.ctlFD = int(parent.Fd())
 
 	cfgR, cfgW, err := os.Pipe()
 	if err != nil {
@@ -245,8 +250,8 @@ func (s *Session) initCommand(ctl, config *os.File) *exec.Cmd {
 // that files keep their owners; anyone else maps only their own uid and gid.
 func idMaps(attr *syscall.SysProcAttr) {
 	if os.Geteuid() == 0 {
-		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: 0, Size: 1 << 32 - 1}}
-		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: 0, Size: 1 << 32 - 1}}
+		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: 0, Size: 1<<32 - 1}}
+		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: 0, Size: 1<<32 - 1}}
 		attr.GidMappingsEnableSetgroups = true
 		return
 	}
@@ -299,18 +304,19 @@ func (s *Session) initConfig() (*initConfig, error) {
 // handshake receives the tap, starts the netstack on it and lets the init
 // start the command.
 func (s *Session) handshake() error {
-	fd := int(s.ctl.Fd())
+	fd := s.ctlFD
 	stopTimer := s.deadline(10 * time.Second)
 	defer stopTimer()
 
-	m, tap, err := recvMsg(fd)
+	m, fds, err := recvMsg(fd)
 	if err != nil {
 		return fmt.Errorf("set up rootless namespace: %w", err)
 	}
-	if m.Kind == msgFailed {
-		return fmt.Errorf("set up rootless namespace: %s", m.Text)
-	}
-	if m.Kind != msgReady || tap < 0 {
+	if m.Kind != msgReady || len(fds) == 0 {
+		closeFDs(fds)
+		if m.Kind == msgFailed {
+			return fmt.Errorf("set up rootless namespace: %s", m.Text)
+		}
 		return fmt.Errorf("set up rootless namespace: unexpected message %q", m.Kind)
 	}
 
@@ -319,7 +325,11 @@ func (s *Session) handshake() error {
 		s.log.Warn("rootless namespace setup", "warning", w)
 	}
 
-	if err := s.startNetstack(tap); err != nil {
+	diag := -1
+	if len(fds) > 1 {
+		diag = fds[1]
+	}
+	if err := s.startNetstack(fds[0], diag); err != nil {
 		return err
 	}
 
@@ -329,25 +339,22 @@ func (s *Session) handshake() error {
 // deadline shuts the control socket down if the init does not answer in d,
 // which unblocks a pending receive.
 func (s *Session) deadline(d time.Duration) func() {
-	t := time.AfterFunc(d, func() { unix.Shutdown(int(s.ctl.Fd()), unix.SHUT_RD) })
+	t := time.AfterFunc(d, func() { unix.Shutdown(s.ctlFD, unix.SHUT_RD) })
 	return func() { t.Stop() }
 }
 
-func (s *Session) startNetstack(tap int) error {
-	ns, err := newNetStack(tap, &s.cfg, s.log)
+func (s *Session) startNetstack(tap, diag int) error {
+	ns, err := newNetStack(tap, diag, s.cmd.Process.Pid, &s.cfg, s.log)
 	if err != nil {
-		unix.Close(tap)
 		return err
 	}
-
 	s.net = ns
-	ns.procRoot = s.cmd.Process.Pid
 
 	return nil
 }
 
 func (s *Session) letGo(fd int) error {
-	if err := sendMsg(fd, ctlMsg{Kind: msgGo}, -1); err != nil {
+	if err := sendMsg(fd, ctlMsg{Kind: msgGo}); err != nil {
 		return err
 	}
 
@@ -392,7 +399,7 @@ func (s *Session) readExit() {
 	defer close(s.ctlDone)
 
 	for {
-		m, _, err := recvMsg(int(s.ctl.Fd()))
+		m, _, err := recvMsg(s.ctlFD)
 		if err != nil {
 			return
 		}
@@ -486,7 +493,13 @@ func (s *Session) Signal(sig os.Signal) error {
 		return nil
 	}
 
-	return sendMsg(int(s.ctl.Fd()), ctlMsg{Kind: msgSignal, Signal: int(ss)}, -1)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ctl == nil {
+		return os.ErrProcessDone
+	}
+
+	return sendMsg(s.ctlFD, ctlMsg{Kind: msgSignal, Signal: int(ss)})
 }
 
 // Stats returns the netstack counters so far.
@@ -514,7 +527,10 @@ func (s *Session) removeTmp() {
 
 func (s *Session) cleanup() {
 	s.removeTmp()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.ctl != nil {
 		s.ctl.Close()
+		s.ctl = nil
 	}
 }

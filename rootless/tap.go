@@ -101,17 +101,19 @@ func (e *tapEndpoint) IsAttached() bool {
 }
 
 // Attach implements stack.LinkEndpoint: the first dispatcher starts the read
-// loop; nil detaches.
+// loop; nil (the NIC being removed) closes the tap, which ends it.
 func (e *tapEndpoint) Attach(d stack.NetworkDispatcher) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 
-	start := e.dispatcher == nil && d != nil
-	e.dispatcher = d
-	if start {
+	switch {
+	case d == nil:
+		e.file.Close()
+	case e.dispatcher == nil:
 		e.wg.Add(1)
 		go e.readLoop()
 	}
+	e.dispatcher = d
 }
 
 // AddHeader implements stack.LinkEndpoint.
@@ -134,23 +136,24 @@ func (e *tapEndpoint) ParseHeader(pkt *stack.PacketBuffer) bool {
 	return ok
 }
 
-// readLoop delivers the tap's frames until the tap is closed or gone.
+// readLoop delivers the tap's frames until the tap is closed or gone. Each
+// frame is read into one scratch buffer and copied into a view of its own
+// size: most frames are small (ACKs), and a fresh MTU-sized view per frame
+// costs more in clearing memory than the copy.
 func (e *tapEndpoint) readLoop() {
 	defer e.wg.Done()
 
+	scratch := make([]byte, vnetHdrLen+header.EthernetMinimumSize+int(e.mtu))
 	for {
-		v := buffer.NewViewSize(vnetHdrLen + header.EthernetMinimumSize + int(e.mtu))
-		n, err := e.read(v.AsSlice())
+		n, err := e.read(scratch)
 		if err != nil {
-			v.Release()
 			if !errors.Is(err, os.ErrClosed) {
 				e.ns.log.Debug("read tap", "error", err)
 			}
 			return
 		}
 
-		v.CapLength(n)
-		e.deliver(v)
+		e.deliver(buffer.NewViewWithData(scratch[:n]))
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
@@ -113,7 +114,8 @@ func (ns *netStack) relayUDP(f *flow, id stack.TransportEndpointID, inner *gonet
 	defer f.end()
 	defer inner.Close()
 
-	f.proc = ns.procFor("udp", id.RemoteAddress.Len() == 16, id.RemotePort)
+	f.proc = ns.procFor(unix.IPPROTO_UDP, addrPort(id.RemoteAddress, id.RemotePort),
+		addrPort(id.LocalAddress, id.LocalPort))
 	if ns.cfg.Names != nil {
 		f.names = ns.cfg.Names(f.remote.Addr())
 	}

@@ -19,6 +19,7 @@ var droppedCaps = []uintptr{
 	unix.CAP_SYS_PTRACE,
 	unix.CAP_SYS_RAWIO,
 	unix.CAP_SYS_BOOT,
+	unix.CAP_DAC_READ_SEARCH,
 }
 
 // dropCaps removes droppedCaps from the calling thread's bounding and ambient

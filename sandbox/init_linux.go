@@ -133,9 +133,9 @@ func mountProc() error {
 	return nil
 }
 
-// remountCgroup2 mounts a read-only cgroup2 over every cgroup2 mount point.
-// Mounted inside the cgroup namespace, it shows the namespace's root, the run
-// cgroup, as its root.
+// remountCgroup2 replaces every cgroup2 mount with a read-only one. Mounted
+// inside the cgroup namespace, it shows the namespace's root, the run cgroup,
+// as its root.
 func remountCgroup2() error {
 	points, err := mountPoints("/proc/self/mountinfo", "cgroup2")
 	if err != nil {
@@ -144,12 +144,38 @@ func remountCgroup2() error {
 
 	flags := uintptr(unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC)
 	for _, p := range points {
+		if err := unmountCgroup2(p); err != nil {
+			return err
+		}
+
 		if err := unix.Mount("cgroup2", p, "cgroup2", flags, ""); err != nil {
 			return fmt.Errorf("mount cgroup2 on %s: %w", p, err)
 		}
 	}
 
 	return nil
+}
+
+// unmountCgroup2 detaches the cgroup2 mounts stacked on p. The kernel refuses
+// to mount a file system on the root of a mount of the same super block
+// (EBUSY), and cgroup2 has a single super block, so mounting over is no
+// option.
+func unmountCgroup2(p string) error {
+	for range 8 {
+		var st unix.Statfs_t
+		if err := unix.Statfs(p, &st); err != nil {
+			return fmt.Errorf("stat %s: %w", p, err)
+		}
+		if st.Type != unix.CGROUP2_SUPER_MAGIC {
+			return nil
+		}
+
+		if err := unix.Unmount(p, unix.MNT_DETACH); err != nil {
+			return fmt.Errorf("unmount cgroup2 on %s: %w", p, err)
+		}
+	}
+
+	return fmt.Errorf("unmount cgroup2 on %s: too many stacked mounts", p)
 }
 
 // switchCred takes on c (supplementary groups, gid, uid) for every thread.

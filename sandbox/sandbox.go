@@ -34,14 +34,20 @@
 // programs, read kernel memory), CAP_NET_ADMIN (detach cgroup BPF programs,
 // change the host's routes, firewall and links), CAP_NET_RAW (packet and raw
 // sockets), CAP_SYS_MODULE (kernel code), CAP_SYS_PTRACE (inspect processes
-// of other users), CAP_SYS_RAWIO (I/O ports, /dev/mem) and CAP_SYS_BOOT
-// (reboot, kexec a new kernel). Everything else a build may need as root
-// (chown, mknod, setuid, binding low ports, kill in its own tree) stays.
+// of other users), CAP_SYS_RAWIO (I/O ports, /dev/mem), CAP_SYS_BOOT
+// (reboot, kexec a new kernel) and CAP_DAC_READ_SEARCH (open_by_handle_at,
+// which opens any cgroup directory by its id, outside the mounted subtree;
+// CAP_DAC_OVERRIDE still lets root read every file). Everything else a build
+// may need as root (chown, mknod, setuid, binding low ports, kill in its own
+// tree) stays.
 //
 // What confinement guarantees, for a command that runs as root:
-//   - it cannot leave the run cgroup: the cgroup namespace's root is the run
-//     cgroup, the kernel refuses moves outside it, and the cgroup file system
-//     is read-only and shows nothing above the run cgroup;
+//   - it cannot leave the run cgroup: the cgroup file system it sees is
+//     read-only and shows the run cgroup as its root, and it can neither
+//     mount another view nor open a cgroup above by file handle. (The kernel
+//     refuses moves out of a cgroup namespace only when the host mounted
+//     cgroup2 with nsdelegate; without it, a descriptor of a cgroup directory
+//     above the run cgroup would be enough, so none may be passed in.)
 //   - it cannot see or signal childflow or any process outside its own tree
 //     (PID namespace, fresh /proc);
 //   - it cannot load, list or detach BPF programs (no CAP_BPF, CAP_SYS_ADMIN,
@@ -59,6 +65,8 @@
 //     including block devices under /dev (CAP_MKNOD is kept, since builds
 //     create device nodes in images and root can open the existing nodes
 //     anyway);
+//   - it can still write the sysctls under /proc/sys that check nothing but
+//     file permissions;
 //   - cgroup v1 hierarchies stay as they are (they hold no BPF programs);
 //   - it can still create user namespaces where it holds every capability;
 //     mounts it inherits there are locked, /proc and cgroup2 cannot be mounted
@@ -128,8 +136,10 @@ func Needed(cfg Config) bool {
 // cmd.Env holds exactly one entry, the init's configuration, which the init
 // removes again; replacing cmd.Env instead of adding to it makes the init fail
 // with exit code 126. Credential must stay unset: the init switches identity
-// itself, after mounting. With cfg.Confine, signals sent to cmd.Process are
-// forwarded to the command.
+// itself, after mounting, and then sets the parent-death signal to SIGKILL
+// again (the kernel clears it on a credential change). With cfg.Confine,
+// signals sent to cmd.Process are forwarded to the command. Descriptors in
+// ExtraFiles reach the command; never pass one of a cgroup directory.
 func Command(cfg Config, path string, argv []string) (*exec.Cmd, error) {
 	if path == "" || len(argv) == 0 {
 		return nil, errors.New("create sandbox command: empty command")

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -16,6 +17,7 @@ import (
 	"github.com/childflow/childflow/flows"
 	"github.com/childflow/childflow/loader"
 	"github.com/childflow/childflow/policy"
+	"github.com/childflow/childflow/sandbox"
 )
 
 // chooseBackend resolves "auto" and the older tool's backend names. This is
@@ -48,6 +50,7 @@ type ebpfRun struct {
 	viol   violations
 	svc    *services
 	start  time.Time
+	hosts  string // merged hosts file for the sandbox, removed at the end
 }
 
 func runEBPF(ctx context.Context, o *Options) (*Result, error) {
@@ -106,11 +109,17 @@ func (r *ebpfRun) run(ctx context.Context, path string, cred *syscall.Credential
 
 	t, err := loader.Load(r.loaderConfig(svc))
 	if err != nil {
-		hint := "run as root (sudo), or use --backend rootless"
-		return nil, &Failure{Phase: flows.PhasePreflight, Reason: "bpf_load", Err: err, Hint: hint}
+		return nil, loadFailure(err)
 	}
 	r.tracer.Store(t)
 	defer t.Close()
+
+	if r.o.HostsFile != "" {
+		if r.hosts, err = mergeHosts(r.o.HostsFile); err != nil {
+			return nil, &UsageError{Msg: err.Error()}
+		}
+		defer os.Remove(r.hosts)
+	}
 
 	cg, err := cgroupnet.Create(mount)
 	if err != nil {
@@ -202,8 +211,11 @@ func (r *ebpfRun) trace(ctx context.Context, t *loader.Tracer, path string,
 	}
 
 	res := &Result{Backend: BackendEBPF}
-	cmd := r.command(path, cred)
-	if err := cmd.Start(); err != nil {
+	cmd, err := r.command(path, cred)
+	if err == nil {
+		err = cmd.Start()
+	}
+	if err != nil {
 		close(stop)
 		wg.Wait()
 		return nil, &Failure{Phase: flows.PhaseChildBootstrap, Reason: "spawn", Err: fmt.Errorf("start %s: %w", path, err)}
@@ -229,26 +241,38 @@ func (r *ebpfRun) trace(ctx context.Context, t *loader.Tracer, path string,
 	return res, nil
 }
 
-func (r *ebpfRun) command(path string, cred *syscall.Credential) *exec.Cmd {
-	cmd := &exec.Cmd{
-		Path:   path,
-		Args:   r.o.Command,
-		Env:    r.o.Env,
-		Dir:    r.o.Dir,
-		Stdin:  r.o.Stdin,
-		Stdout: r.o.Stdout,
-		Stderr: r.o.Stderr,
-		SysProcAttr: &syscall.SysProcAttr{
-			UseCgroupFD: true,
-			CgroupFD:    r.cg.FD(),
-			Credential:  cred,
-			// If childflow dies, the command must not outlive it
-			// untraced; the next run sweeps the cgroup.
-			Pdeathsig: syscall.SIGKILL,
-		},
+// command builds the command's process: directly inside the run cgroup, or
+// through the sandbox init when a hosts file or confinement is wanted.
+func (r *ebpfRun) command(path string, cred *syscall.Credential) (*exec.Cmd, error) {
+	sc := sandbox.Config{HostsFile: r.hosts, Cred: cred, Confine: r.confine(cred)}
+	cmd := &exec.Cmd{Path: path, Args: r.o.Command,
+		SysProcAttr: &syscall.SysProcAttr{Credential: cred}}
+	if sandbox.Needed(sc) {
+		var err error
+		if cmd, err = sandbox.Command(sc, path, r.o.Command); err != nil {
+			return nil, err
+		}
 	}
+	env := r.o.Env
+	if env == nil {
+		env = os.Environ()
+	}
+	cmd.Env = slices.Concat(env, cmd.Env) // the sandbox's variable stays last
+	cmd.Dir, cmd.Stdin, cmd.Stdout, cmd.Stderr = r.o.Dir, r.o.Stdin, r.o.Stdout, r.o.Stderr
+	cmd.SysProcAttr.UseCgroupFD = true
+	cmd.SysProcAttr.CgroupFD = r.cg.FD()
+	// If childflow dies, the command must not outlive it untraced; the
+	// next run sweeps the cgroup.
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 
-	return cmd
+	return cmd, nil
+}
+
+// confine tells whether the command gets its own cgroup, PID and mount
+// namespaces and loses the capabilities that could lift the policy: when a
+// policy is active and the command runs as root, unless --keep-caps.
+func (r *ebpfRun) confine(cred *syscall.Credential) bool {
+	return r.o.Policy != nil && !r.o.KeepCaps && cred == nil && os.Geteuid() == 0
 }
 
 // wait waits for the command, forwarding signals to it.
@@ -322,7 +346,7 @@ func (r *ebpfRun) finish(t *loader.Tracer, res *Result) {
 		proto := protoName(p.Proto, true)
 		ev := r.tr.violationEvent(proto, p.Dst, r.svc.namesOf(p.Dst.Addr()),
 			policy.Reason(p.Reason), 0, r.o.Policy != nil && r.o.Policy.Config().Audit)
-		ev.Proc = flows.Proc{Pid: p.Tgid}
+		ev.Proc = flows.Proc{Pid: p.Tgid, Comm: r.tr.comm(p.Tgid)}
 		ev.Count = uint64(p.Count)
 		ev.Repeated = true
 		r.viol.add(ev)
@@ -364,3 +388,15 @@ func (r *ebpfRun) emitLoss(source string, n uint64, detail string) {
 }
 
 var _ = netip.Addr{}
+
+// loadFailure explains why the programs did not load. Lack of privileges is
+// the common case and gets the same words as doctor's privilege check.
+func loadFailure(err error) error {
+	hint := "run as root (sudo), or use --backend rootless"
+	if errors.Is(err, loader.ErrPermission) || errors.Is(err, os.ErrPermission) {
+		return &Failure{Phase: flows.PhasePreflight, Reason: "privileges", Hint: hint,
+			Err: errors.New("the eBPF backend lacks privileges: CAP_BPF or CAP_NET_ADMIN is not effective")}
+	}
+
+	return &Failure{Phase: flows.PhasePreflight, Reason: "bpf_load", Err: err, Hint: hint}
+}

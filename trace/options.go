@@ -63,6 +63,9 @@ type Options struct {
 	// KeepRoot runs the command as root even when childflow was started
 	// through sudo; by default it runs as SUDO_UID/SUDO_GID.
 	KeepRoot bool
+	// KeepCaps leaves a root command its capabilities and the host's
+	// namespaces under a policy (see package sandbox for what it loses).
+	KeepCaps bool
 
 	// Signals are forwarded to the command while it runs.
 	Signals <-chan os.Signal

@@ -32,6 +32,7 @@ type translator struct {
 
 	mu    sync.Mutex
 	flows map[uint64]*flowState
+	comms map[uint32]string // process names seen, by pid
 }
 
 func newTranslator(sink flows.Sink, p *policy.Policy, names func(netip.Addr) []string, v *violations) *translator {
@@ -40,7 +41,7 @@ func newTranslator(sink flows.Sink, p *policy.Policy, names func(netip.Addr) []s
 	}
 
 	return &translator{sink: sink, policy: p, names: names, backend: BackendEBPF, viol: v,
-		flows: make(map[uint64]*flowState)}
+		flows: make(map[uint64]*flowState), comms: make(map[uint32]string)}
 }
 
 func protoName(p uint8, family bool) string {
@@ -91,6 +92,11 @@ func (t *translator) forget(cookie uint64) {
 
 // handle translates one kernel event.
 func (t *translator) handle(e *loader.Event) {
+	if e.Tgid != 0 && e.Comm != "" {
+		t.mu.Lock()
+		t.comms[e.Tgid] = e.Comm
+		t.mu.Unlock()
+	}
 	switch e.Kind {
 	case loader.KindConnect, loader.KindDatagram:
 		t.attempt(e)
@@ -241,6 +247,10 @@ func (t *translator) violation(e *loader.Event) {
 // it agrees.
 func (t *translator) violationEvent(proto string, dst netip.AddrPort, names []string,
 	reason policy.Reason, rule uint32, audit bool) *flows.PolicyViolation {
+	if dst.Port() == 0 && dst.Addr().IsUnspecified() {
+		// A socket refused at creation (raw IP): no destination yet.
+		dst = netip.AddrPort{}
+	}
 	if t.policy != nil {
 		var v policy.Verdict
 		if proto == "tcp" {
@@ -268,7 +278,9 @@ func (t *translator) violationEvent(proto string, dst netip.AddrPort, names []st
 		Reason:     reason.String(),
 		Names:      names,
 	}
-	if dst.Addr().IsValid() && !dst.Addr().IsUnspecified() {
+	if !dst.Addr().IsValid() {
+		ev.RemoteStr = ""
+	} else {
 		ip := dst.Addr().String()
 		ev.RemoteIP = &ip
 	}
@@ -285,6 +297,14 @@ func (t *translator) violationEvent(proto string, dst netip.AddrPort, names []st
 	}
 
 	return ev
+}
+
+// comm returns the last process name seen for pid.
+func (t *translator) comm(pid uint32) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+
+	return t.comms[pid]
 }
 
 // violations counts violations for --fail-on-leak and the summary.

@@ -20,8 +20,8 @@ func traceFlags() []cli.Flag {
 			Usage: "write the tree's packets to `FILE` (pcapng, with the process of each packet)"},
 		&cli.StringFlag{Name: "capture-point", Aliases: []string{"C"}, Category: catOutput, Value: "child",
 			Usage: "where to capture: child (the tree's sockets); egress, wire-egress and both are rootless-only views"},
-		&cli.UintFlag{Name: "snaplen", Category: catOutput,
-			Usage: "keep at most `N` bytes of each packet (default: whole packets)"},
+		&cli.UintFlag{Name: "snaplen", Category: catOutput, DefaultText: "whole packets",
+			Usage: "keep at most `N` bytes of each packet"},
 		&cli.UintFlag{Name: "capture-buffer", Category: catOutput, Value: 8,
 			Usage: "packet ring buffer size in `MiB` (a power of two); larger loses fewer packets under load"},
 		&cli.StringFlag{Name: "flow-log", Category: catOutput,
@@ -86,6 +86,8 @@ func traceFlags() []cli.Flag {
 			Usage: "use the eBPF backend (same as --backend ebpf)"},
 		&cli.BoolFlag{Name: "keep-root", Category: catBackend,
 			Usage: "under sudo, run the command as root instead of the invoking user"},
+		&cli.BoolFlag{Name: "keep-caps", Category: catBackend,
+			Usage: "under a policy, let a root command keep the capabilities and namespaces that could lift it"},
 		&cli.BoolFlag{Name: "host-loopback", Category: catBackend,
 			Usage: "rootless: let the command reach the host's 127.0.0.1 and ::1 through its gateway address"},
 		&cli.StringFlag{Name: "iface", Aliases: []string{"i"}, Category: catBackend,
@@ -101,9 +103,9 @@ func traceFlags() []cli.Flag {
 // legacyFlags are childflow 0.8's root-only flags.
 func legacyFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.BoolFlag{Name: "doctor", Usage: "same as `childflow doctor`"},
+		&cli.BoolFlag{Name: "doctor", Usage: "same as childflow doctor"},
 		&cli.StringFlag{Name: "doctor-format", Value: "text", Usage: "doctor output: text or json"},
-		&cli.StringFlag{Name: "report", Usage: "same as `childflow report FILE`"},
+		&cli.StringFlag{Name: "report", Usage: "summarise the flow log `FILE` (same as childflow report FILE)"},
 		&cli.StringFlag{Name: "report-format", Value: "text", Usage: "report output: text, markdown or json"},
 	}
 }

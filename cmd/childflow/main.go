@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/childflow/childflow/rootless"
+	"github.com/childflow/childflow/sandbox"
 	"github.com/childflow/childflow/trace"
 )
 
@@ -33,6 +34,8 @@ func usagef(format string, args ...any) error {
 func main() {
 	// The rootless backend re-executes childflow as the namespace's init.
 	rootless.MaybeInit()
+	// The eBPF backend's sandbox re-executes childflow as the command's init.
+	sandbox.MaybeInit()
 
 	os.Exit(run(os.Args, os.Stderr))
 }

@@ -1,11 +1,17 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/childflow/childflow/profile"
+	"github.com/childflow/childflow/proxy"
 )
 
 // applyProfile loads --profile into s; flags applied afterwards override it.
@@ -16,9 +22,12 @@ func applyProfile(c *cli.Context, s *settings) error {
 	}
 	p, err := profile.Load(path)
 	if err != nil {
-		return usagef("%v", err)
+		return profileError(path, err)
 	}
 	s.profilePath = path
+	if err := dropOverriddenPassword(c, p, path); err != nil {
+		return err
+	}
 
 	str := func(v *string, dst *string) {
 		if v != nil {
@@ -72,6 +81,61 @@ func applyProfile(c *cli.Context, s *settings) error {
 	return nil
 }
 
+// profileError turns a load error into a usage error. A --profile that
+// cannot be read is named as the flag; errors inside a profile keep the
+// file and line the profile package gives.
+func profileError(path string, err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) && sameFile(pe.Path, path) {
+		return usagef("cannot read --profile %s: %v (give the path of a TOML profile)", path, pe.Err)
+	}
+
+	return usagef("%v", err)
+}
+
+func sameFile(a, b string) bool {
+	a, errA := filepath.Abs(a)
+	b, errB := filepath.Abs(b)
+
+	return errA == nil && errB == nil && a == b
+}
+
+// dropOverriddenPassword applies the flags' precedence to the password's
+// two sources: a password flag on the command line replaces both profile
+// keys. It also refuses the placeholder that --dump-profile writes, which
+// would otherwise be sent to the proxy as the password, unless the
+// password comes from the command line, a password file or the environment.
+func dropOverriddenPassword(c *cli.Context, p *profile.Profile, path string) error {
+	if c.IsSet("proxy-password") || c.IsSet("proxy-password-file") {
+		p.ProxyPassword, p.ProxyPasswordFile = nil, nil
+	}
+	if p.Proxy != nil && urlPassword(*p.Proxy) == profile.Redacted {
+		return usagef("profile %s: the password in proxy is %s, the placeholder of --dump-profile "+
+			"(put the real password in $%s or proxy_password_file)", path, profile.Redacted, proxy.PasswordEnv)
+	}
+	if p.ProxyPassword == nil || *p.ProxyPassword != profile.Redacted {
+		return nil
+	}
+	if p.ProxyPasswordFile == nil && os.Getenv(proxy.PasswordEnv) == "" {
+		return usagef("profile %s: proxy_password is %s, the placeholder of --dump-profile "+
+			"(remove it and give the password with $%s, proxy_password_file or -P)",
+			path, profile.Redacted, proxy.PasswordEnv)
+	}
+	p.ProxyPassword = nil
+
+	return nil
+}
+
+func urlPassword(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return ""
+	}
+	pw, _ := u.User.Password()
+
+	return pw
+}
+
 // dumpProfile prints the merged settings as a profile, password redacted.
 func dumpProfile(c *cli.Context, s *settings) error {
 	p := &profile.Profile{}
@@ -86,9 +150,13 @@ func dumpProfile(c *cli.Context, s *settings) error {
 		"backend": s.backend,
 	}
 	for k, v := range strs {
-		if v != "" {
-			set(k, v)
+		if v == "" {
+			continue
 		}
+		if pathKeys[k] {
+			v = absPath(v)
+		}
+		set(k, v)
 	}
 	bools := map[string]bool{
 		"summary": s.summary, "quiet": s.quiet, "proxy_insecure": s.proxyInsecure,
@@ -122,4 +190,25 @@ func dumpProfile(c *cli.Context, s *settings) error {
 	_, err := fmt.Fprint(c.App.Writer, profile.Dump(p))
 
 	return err
+}
+
+// pathKeys are the profile keys that hold file paths. A profile resolves
+// relative paths against its own folder, so the dump writes them absolute:
+// saved anywhere, it names the same files.
+var pathKeys = map[string]bool{
+	"capture": true, "flow_log": true, "hosts_file": true, "proxy_password_file": true,
+	"summary_file": true,
+}
+
+// absPath makes a path absolute; "-" (standard output) stays as it is.
+func absPath(p string) string {
+	if p == "-" || filepath.IsAbs(p) {
+		return p
+	}
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return p
+	}
+
+	return abs
 }

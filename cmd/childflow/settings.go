@@ -61,6 +61,7 @@ func applyFlags(c *cli.Context, s *settings) error {
 	str("backend", &s.backend)
 	flag("keep-root", &s.keepRoot)
 	flag("host-loopback", &s.hostLoopback)
+	flag("keep-caps", &s.keepCaps)
 	flag("fail-on-leak", &s.failOnLeak)
 	flag("dump-profile", &s.dumpProfile)
 	if c.Bool("root") {

@@ -129,6 +129,7 @@ type settings struct {
 	backend      string
 	keepRoot     bool
 	hostLoopback bool
+	keepCaps     bool
 
 	dumpProfile bool
 	profilePath string
@@ -156,6 +157,7 @@ func (s *settings) options() (*trace.Options, error) {
 		HostsFile:    s.hostsFile,
 		KeepRoot:     s.keepRoot,
 		HostLoopback: s.hostLoopback,
+		KeepCaps:     s.keepCaps,
 	}
 	if s.captureBuffer != 0 {
 		mib := s.captureBuffer

@@ -69,7 +69,8 @@ func StartDNSServer(t testing.TB, records []string, opts DNSServerOptions) *DNSS
 	}
 
 	pc, ln := listenDNSPair(t)
-	s.Addr = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(pc.LocalAddr().(*net.UDPAddr).Port))
+	ap := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	s.Addr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	servers := []*mdns.Server{{PacketConn: pc, Handler: mdns.HandlerFunc(s.serve)}}
 	if !opts.NoTCP {
 		servers = append(servers, &mdns.Server{Listener: ln, Handler: mdns.HandlerFunc(s.serve)})
