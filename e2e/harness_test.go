@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -32,6 +33,11 @@ func binary(t testing.TB) string {
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "childflow-e2e-")
 		if err != nil {
+			buildErr = err
+			return
+		}
+		// Readable by the unprivileged user of rootless tests too.
+		if err := os.Chmod(dir, 0o755); err != nil {
 			buildErr = err
 			return
 		}
@@ -74,14 +80,21 @@ type run struct {
 	flowLog bool
 	capture bool
 	ns      string // run inside this network namespace (nsenter)
-	uid     int    // run as this user when not zero
+	// backend is passed as --backend when set.
+	backend string
+	// unprivileged runs childflow as testenv.Nobody (rootless tests).
+	unprivileged bool
 }
 
 // do runs childflow and waits for it (bounded by r.timeout, default 60 s).
 func (r run) do(t testing.TB) *result {
 	t.Helper()
-	dir := t.TempDir()
-	args := append([]string{"trace"}, r.args...)
+	dir := r.tempDir(t)
+	args := []string{"trace"}
+	if r.backend != "" {
+		args = append(args, "--backend", r.backend)
+	}
+	args = append(args, r.args...)
 	if r.flowLog {
 		args = append(args, "--flow-log", filepath.Join(dir, "flows.jsonl"))
 	}
@@ -131,8 +144,70 @@ func (r run) cmd(ctx context.Context, t testing.TB, args []string) *exec.Cmd {
 		cmd = exec.CommandContext(ctx, bin, args...)
 	}
 	cmd.Env = append(os.Environ(), r.env...)
+	if r.unprivileged {
+		testenv.RequireUnprivilegedUserNS(t)
+		testenv.OpenTunForAll(t)
+		cmd.SysProcAttr = &syscall.SysProcAttr{
+			Credential: &syscall.Credential{Uid: testenv.Nobody, Gid: testenv.Nobody}}
+	}
 
 	return cmd
+}
+
+// tempDir is the run's working directory: writable by the user that runs
+// childflow.
+func (r run) tempDir(t testing.TB) string {
+	t.Helper()
+	if !r.unprivileged {
+		return t.TempDir()
+	}
+	dir, err := os.MkdirTemp("", "childflow-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+
+	return dir
+}
+
+// backendCase is one way of running childflow that a shared scenario must
+// hold for.
+type backendCase struct {
+	name         string
+	backend      string
+	unprivileged bool
+}
+
+// backendCases are the eBPF backend (root), the rootless backend as root,
+// and the rootless backend as an unprivileged user.
+var backendCases = []backendCase{
+	{name: "ebpf", backend: "ebpf"},
+	{name: "rootless", backend: "rootless"},
+	{name: "rootless-unprivileged", backend: "rootless", unprivileged: true},
+}
+
+// forBackends runs fn as a subtest for every backend case.
+func forBackends(t *testing.T, fn func(t *testing.T, b backendCase)) {
+	t.Helper()
+	for _, b := range backendCases {
+		t.Run(b.name, func(t *testing.T) {
+			if b.backend == "ebpf" {
+				requireEBPF(t)
+			}
+			fn(t, b)
+		})
+	}
+}
+
+// with returns r set up for backend case b.
+func (r run) with(b backendCase) run {
+	r.backend = b.backend
+	r.unprivileged = b.unprivileged
+
+	return r
 }
 
 // capturePath is where a run with capture wrote its pcapng.
