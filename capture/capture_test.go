@@ -97,8 +97,8 @@ func writeSample(t *testing.T) (string, []written) {
 	defer f.Close()
 
 	w, err := New(f, []Interface{
-		{Name: "child", Description: "child traffic (ebpf)", LinkType: layers.LinkTypeRaw},
-		{Name: "tap0", Description: "tap (rootless)", LinkType: layers.LinkTypeEthernet,
+		{Name: "child", Description: "child traffic (ebpf)", LinkType: LinkTypeRaw},
+		{Name: "tap0", Description: "tap (rootless)", LinkType: LinkTypeEthernet,
 			SnapLen: 64},
 	})
 	if err != nil {
@@ -220,7 +220,7 @@ func TestWriteErrors(t *testing.T) {
 		t.Error("New without interfaces: got no error")
 	}
 
-	w, err := New(io.Discard, []Interface{{LinkType: layers.LinkTypeRaw}})
+	w, err := New(io.Discard, []Interface{{LinkType: LinkTypeRaw}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +239,7 @@ func TestWriteErrors(t *testing.T) {
 }
 
 func TestWriteAllocations(t *testing.T) {
-	w, err := New(io.Discard, []Interface{{LinkType: layers.LinkTypeRaw}})
+	w, err := New(io.Discard, []Interface{{LinkType: LinkTypeRaw}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +257,7 @@ func TestWriteAllocations(t *testing.T) {
 }
 
 func benchmarkWrite(b *testing.B, size int) {
-	w, err := New(io.Discard, []Interface{{LinkType: layers.LinkTypeRaw}})
+	w, err := New(io.Discard, []Interface{{LinkType: LinkTypeRaw}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
@@ -386,8 +385,6 @@ func (r *ebpfRun) emitLoss(source string, n uint64, detail string) {
 	}
 	r.out.sink.Emit(&flows.Loss{Source: source, Count: n, Detail: detail})
 }
-
-var _ = netip.Addr{}
 
 // loadFailure explains why the programs did not load. Lack of privileges is
 // the common case and gets the same words as doctor's privilege check.

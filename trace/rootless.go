@@ -12,7 +12,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/google/gopacket/layers"
 	"golang.org/x/sys/unix"
 
 	"github.com/childflow/childflow/capture"
@@ -39,7 +38,7 @@ func etherIface() capture.Interface {
 	return capture.Interface{
 		Name:        "cf0",
 		Description: "Ethernet frames at the tap of the traced command tree (rootless)",
-		LinkType:    layers.LinkTypeEthernet,
+		LinkType:    capture.LinkTypeEthernet,
 	}
 }
 

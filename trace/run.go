@@ -1,17 +1,12 @@
 package trace
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
-	"time"
-
-	"github.com/google/gopacket/layers"
 
 	"github.com/childflow/childflow/capture"
 	"github.com/childflow/childflow/flows"
@@ -49,7 +44,6 @@ type outputs struct {
 	flowFile *os.File
 	flowLog  *flows.Writer
 	capFile  *os.File
-	capBuf   *bufio.Writer
 	capture  *capture.Writer
 	sink     flows.Sink
 }
@@ -75,9 +69,8 @@ func openOutputs(o *Options, iface capture.Interface) (*outputs, error) {
 			return nil, err
 		}
 		out.capFile = f
-		out.capBuf = bufio.NewWriterSize(f, 1<<20)
 		iface.SnapLen = o.SnapLen
-		w, err := capture.New(out.capBuf, []capture.Interface{iface})
+		w, err := capture.New(f, []capture.Interface{iface})
 		if err != nil {
 			out.close()
 			return nil, fmt.Errorf("start capture %s: %w", o.CapturePath, err)
@@ -108,10 +101,6 @@ func (out *outputs) close() error {
 	if out.capture != nil {
 		errs = append(errs, out.capture.Close())
 		out.capture = nil
-	}
-	if out.capBuf != nil {
-		errs = append(errs, out.capBuf.Flush())
-		out.capBuf = nil
 	}
 	if out.capFile != nil {
 		errs = append(errs, out.capFile.Close())
@@ -174,18 +163,6 @@ func rawIface() capture.Interface {
 	return capture.Interface{
 		Name:        "childflow",
 		Description: "packets of the traced command tree's sockets, from the IP header (ebpf)",
-		LinkType:    layers.LinkTypeRaw,
+		LinkType:    capture.LinkTypeRaw,
 	}
 }
-
-// absPath makes a path absolute for messages.
-func absPath(p string) string {
-	if a, err := filepath.Abs(p); err == nil {
-		return a
-	}
-
-	return p
-}
-
-var _ = absPath
-var _ = time.Second

@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 
@@ -318,5 +317,3 @@ func appendSummary(file string, sum *report.Summary) error {
 
 	return sum.Write(fh, report.Markdown)
 }
-
-var _ = strconv.Itoa

@@ -31,7 +31,8 @@ func (s *HTTPS) CertPool() *x509.CertPool { return s.pool }
 
 // StartHTTP starts an HTTP proxy that serves CONNECT requests. Other
 // methods get 405; wrong or missing credentials 407; a name it cannot resolve
-// 502; a target off loopback 403; a target that cannot be reached 502.
+// 502; a target neither on loopback nor in Options.Targets 403; a target that
+// cannot be reached 502.
 func StartHTTP(t testing.TB, opts Options) *Server {
 	t.Helper()
 
@@ -65,7 +66,10 @@ func (s *Server) serveHTTP(c net.Conn) {
 		return
 	}
 
-	s.record(req.RequestURI)
+	if !s.record(req.RequestURI) {
+		return
+	}
+
 	if !s.authorized(req.Header.Get("Proxy-Authorization")) {
 		answer(c, http.StatusProxyAuthRequired, "Proxy-Authenticate: Basic realm=\"test\"\r\n")
 		return

@@ -2,13 +2,20 @@
 // server on loopback for tests.
 //
 // The proxies follow the network rule of childflow's tests: they connect only
-// to loopback addresses, refuse any other target, and never use real DNS (a
-// name is resolved through Options.Resolve or refused). Every server is
-// closed by the test's cleanup, together with the connections it still holds.
+// to loopback addresses and to the prefixes a test lists in Options.Targets
+// (addresses inside network namespaces the test created), refuse any other
+// target, and never use real DNS (a name is resolved through Options.Resolve
+// or refused). Every server is closed by the test's cleanup, together with
+// the connections it still holds.
+//
+// A server can live in a test network namespace: pass a listener opened
+// there as Options.Listener and a dial function that dials there as
+// Options.Dial.
 package proxytest
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -24,17 +31,35 @@ import (
 // handshakeTimeout bounds how long a proxy waits for a client's request.
 const handshakeTimeout = 10 * time.Second
 
+// dialTimeout bounds how long a proxy tries to reach a target.
+const dialTimeout = 5 * time.Second
+
 // Options configure a test proxy. The zero value is an open proxy on
 // 127.0.0.1 that knows no names.
 type Options struct {
 	// User and Password, when User is set, are the only accepted
 	// credentials (HTTP Basic, SOCKS5 username/password).
 	User, Password string
-	// Resolve maps the host names the proxy can reach to loopback
-	// addresses. Other names are refused.
+	// Resolve maps the host names the proxy can reach to addresses it may
+	// reach (loopback or Targets). Other names are refused.
 	Resolve map[string]netip.Addr
+	// Targets are the prefixes besides loopback that the proxy may
+	// connect to. Tests list only addresses inside network namespaces they
+	// created.
+	Targets []netip.Prefix
 	// Listen is the address to listen on; the default is "127.0.0.1:0".
 	Listen string
+	// Listener, when set, is served instead of listening on Listen (for
+	// example a listener opened in a test network namespace). The server
+	// closes it.
+	Listener net.Listener
+	// Dial, when set, connects the proxy to its targets (for example from
+	// inside a test network namespace); the default is a net.Dialer.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Delay, when set, says how long to hold back the answer to a request
+	// for a target ("host:port" as the client asked); the server's Close
+	// ends the wait.
+	Delay func(target string) time.Duration
 	// SendAfterConnect is written right after a successful CONNECT answer,
 	// in the same write, as if the target had spoken first.
 	SendAfterConnect []byte
@@ -48,6 +73,7 @@ type Server struct {
 	serve  func(net.Conn)
 	wg     sync.WaitGroup
 
+	done     chan struct{} // closed by Close
 	mu       sync.Mutex
 	requests []string
 	outbound []netip.AddrPort
@@ -65,16 +91,20 @@ func start(t testing.TB, scheme string, opts Options, wrap func(net.Listener) ne
 		opts.Listen = "127.0.0.1:0"
 	}
 
-	ln, err := net.Listen("tcp", opts.Listen)
-	if err != nil {
-		t.Fatalf("start %s test proxy: %v", scheme, err)
+	ln := opts.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", opts.Listen); err != nil {
+			t.Fatalf("start %s test proxy: %v", scheme, err)
+		}
 	}
 
 	if wrap != nil {
 		ln = wrap(ln)
 	}
 
-	s := &Server{scheme: scheme, opts: opts, ln: ln, conns: map[net.Conn]struct{}{}}
+	s := &Server{scheme: scheme, opts: opts, ln: ln, conns: map[net.Conn]struct{}{},
+		done: make(chan struct{})}
 	s.serve = func(c net.Conn) { serve(s, c) }
 	t.Cleanup(s.Close)
 	s.wg.Add(1)
@@ -129,6 +159,9 @@ func (s *Server) untrack(c net.Conn) {
 // goroutines. The test's cleanup calls it; calling it again does nothing.
 func (s *Server) Close() {
 	s.mu.Lock()
+	if !s.closed {
+		close(s.done)
+	}
 	s.closed = true
 	for c := range s.conns {
 		_ = c.Close()
@@ -167,19 +200,35 @@ func (s *Server) Outbound() []netip.AddrPort {
 	return append([]netip.AddrPort(nil), s.outbound...)
 }
 
-func (s *Server) record(target string) {
+// record notes a request for target, then holds it back for the delay the
+// options ask. It returns false when the server closed meanwhile.
+func (s *Server) record(target string) bool {
 	s.mu.Lock()
 	s.requests = append(s.requests, target)
 	s.mu.Unlock()
+
+	if s.opts.Delay == nil {
+		return true
+	}
+
+	timer := time.NewTimer(s.opts.Delay(target))
+	defer timer.Stop()
+
+	select {
+	case <-timer.C:
+		return true
+	case <-s.done:
+		return false
+	}
 }
 
 // Reasons a target is refused.
 var (
 	errUnknownName = errors.New("unknown host name")
-	errNotLoopback = errors.New("target is not on loopback")
+	errNotLoopback = errors.New("target is neither on loopback nor in Options.Targets")
 )
 
-// resolve turns a requested "host:port" into a loopback address.
+// resolve turns a requested "host:port" into an address the proxy may reach.
 func (s *Server) resolve(hostport string) (netip.AddrPort, error) {
 	host, port, err := net.SplitHostPort(hostport)
 	if err != nil {
@@ -199,16 +248,41 @@ func (s *Server) resolve(hostport string) (netip.AddrPort, error) {
 		}
 	}
 
-	if !a.Unmap().IsLoopback() {
+	a = a.Unmap()
+	if !s.allowed(a) {
 		return netip.AddrPort{}, errNotLoopback
 	}
 
-	return netip.AddrPortFrom(a.Unmap(), uint16(p)), nil
+	return netip.AddrPortFrom(a, uint16(p)), nil
+}
+
+// allowed reports whether the proxy may connect to a.
+func (s *Server) allowed(a netip.Addr) bool {
+	if a.IsLoopback() {
+		return true
+	}
+
+	for _, p := range s.opts.Targets {
+		if p.Contains(a) {
+			return true
+		}
+	}
+
+	return false
 }
 
 // dial connects to a resolved target and records the local address used.
 func (s *Server) dial(a netip.AddrPort) (net.Conn, error) {
-	c, err := net.DialTimeout("tcp", a.String(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
+	defer cancel()
+
+	dial := s.opts.Dial
+	if dial == nil {
+		var d net.Dialer
+		dial = d.DialContext
+	}
+
+	c, err := dial(ctx, "tcp", a.String())
 	if err != nil {
 		return nil, err
 	}
@@ -268,8 +342,16 @@ type Origin struct {
 func StartOrigin(t testing.TB, addr string) *Origin {
 	t.Helper()
 
+	return StartOriginOn(t, nil, addr)
+}
+
+// StartOriginOn starts an Origin serving ln, or listening on addr when ln is
+// nil. The test's cleanup stops it and closes ln.
+func StartOriginOn(t testing.TB, ln net.Listener, addr string) *Origin {
+	t.Helper()
+
 	o := &Origin{}
-	o.srv = start(t, "tcp", Options{Listen: addr}, nil,
+	o.srv = start(t, "tcp", Options{Listen: addr, Listener: ln}, nil,
 		func(_ *Server, c net.Conn) { o.serve(c) })
 
 	return o

@@ -28,7 +28,7 @@ const (
 // StartSOCKS5 starts a SOCKS5 proxy (RFC 1928) that serves CONNECT with
 // IPv4, IPv6 and domain-name addresses, and requires username/password
 // authentication (RFC 1929) when Options.User is set. It replies 2 (not
-// allowed) for a target off loopback, 4 (host unreachable) for a name it
+// allowed) for a target neither on loopback nor in Options.Targets, 4 (host unreachable) for a name it
 // cannot resolve and 5 (refused) when the target refuses.
 func StartSOCKS5(t testing.TB, opts Options) *Server {
 	t.Helper()
@@ -48,7 +48,10 @@ func (s *Server) serveSOCKS5(c net.Conn) {
 		return
 	}
 
-	s.record(target)
+	if !s.record(target) {
+		return
+	}
+
 	up, reply := s.socksConnect(target)
 	if up == nil {
 		_, _ = c.Write([]byte{5, reply, 0, 1, 0, 0, 0, 0, 0, 0})
