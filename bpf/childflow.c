@@ -126,6 +126,16 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } cf_ips SEC(".maps");
 
+/* The forwarder's upstream servers: a program that asks one of them directly
+ * (dig @127.0.0.1 -p 5353 when --dns names that) is redirected to the
+ * forwarder as if it asked port 53. Filled by the loader, read-only here. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16);
+	__type(key, struct cf_dns_key);
+	__type(value, __u8);
+} cf_dns_srv SEC(".maps");
+
 /* Violations already reported, to sum up retry loops. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -579,6 +589,15 @@ static __always_inline int cf_same_or_redirect(const struct cf_flow *f, const st
 	return 0;
 }
 
+/* cf_is_dns_server tells whether d is one of the forwarder's upstreams. */
+static __always_inline int cf_is_dns_server(const struct cf_dst *d)
+{
+	struct cf_dns_key k = {.port = d->port};
+
+	__builtin_memcpy(k.addr, d->addr, 16);
+	return bpf_map_lookup_elem(&cf_dns_srv, &k) != 0;
+}
+
 /*
  * cf_sock_addr is the body of connect4/6 and sendmsg4/6. It returns 1 to let
  * the call go on (possibly redirected) and 0 to fail it with EPERM.
@@ -610,7 +629,8 @@ static __always_inline int cf_sock_addr(struct bpf_sock_addr *ctx, const int con
 	if (!connect && f && (f->flags & CF_F_CONNECTED) && cf_same_or_redirect(f, &d))
 		return 1;
 
-	int dns = cf_cfg_dns && d.port == 53 && proto != IPPROTO_ICMP && proto != IPPROTO_ICMPV6;
+	int dns = cf_cfg_dns && proto != IPPROTO_ICMP && proto != IPPROTO_ICMPV6 &&
+		  (d.port == 53 || cf_is_dns_server(&d));
 	if (dns) {
 		/* Names are policed by the forwarder. */
 		flags = CF_F_DNS_REDIRECT;

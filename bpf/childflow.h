@@ -147,6 +147,14 @@ struct cf_client {
 	char comm[CF_COMM_LEN];
 };
 
+/* A DNS server the forwarder relays to (--dns), redirected to the forwarder
+ * whatever its port, like port 53. */
+struct cf_dns_key {
+	__u8 addr[16];
+	__u16 port;
+	__u8 pad[2];
+};
+
 /* Policy trie keys. */
 struct cf_lpm4 {
 	__u32 prefixlen;

@@ -332,6 +332,12 @@ func reverseHosts(hosts map[string][]netip.Addr) map[string]string {
 // Addrs returns the addresses served over both UDP and TCP.
 func (f *Forwarder) Addrs() []netip.AddrPort { return append([]netip.AddrPort(nil), f.addrs...) }
 
+// Upstreams returns the servers the forwarder relays to, so that a backend
+// can send a program that asks one of them directly to the forwarder instead.
+func (f *Forwarder) Upstreams() []netip.AddrPort {
+	return append([]netip.AddrPort(nil), f.cfg.Upstreams...)
+}
+
 // Names returns the table of names learned from answers.
 func (f *Forwarder) Names() *Names { return f.names }
 

@@ -179,6 +179,41 @@ func (n *Names) Lookup(ip netip.Addr) []string {
 	return out
 }
 
+// Expiry returns the unexpired names of ip, like Lookup, and when the first
+// of them expires (the zero time when none is left). It does not count as a
+// use for the LRU order, so that a sweep does not keep entries alive.
+func (n *Names) Expiry(ip netip.Addr) ([]string, time.Time) {
+	ip = ip.Unmap()
+	now := n.now()
+
+	n.mu.Lock()
+	defer n.mu.Unlock()
+
+	el, ok := n.entries[ip]
+	if !ok {
+		return nil, time.Time{}
+	}
+
+	e := el.Value.(*namesEntry)
+	e.names = slices.DeleteFunc(e.names, func(ne nameExpiry) bool { return !ne.expires.After(now) })
+	if len(e.names) == 0 {
+		n.lru.Remove(el)
+		delete(n.entries, ip)
+		return nil, time.Time{}
+	}
+
+	out := make([]string, len(e.names))
+	first := e.names[0].expires
+	for i, ne := range e.names {
+		out[i] = ne.name
+		if ne.expires.Before(first) {
+			first = ne.expires
+		}
+	}
+
+	return out, first
+}
+
 // Len returns the number of addresses held, expired ones included until they
 // are looked up or evicted.
 func (n *Names) Len() int {

@@ -60,6 +60,10 @@ func (f *Forwarder) serveDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 		res = f.forward(q, req)
 	}
 
+	if res.mode == flows.ModeRelayed {
+		res = f.checkChain(q, req, res)
+	}
+
 	if res.mode == flows.ModeRelayed || res.mode == flows.ModeHostsFile {
 		res = f.learn(q, req, res)
 	}
@@ -169,7 +173,7 @@ func (f *Forwarder) answerLocally(q *query, req *mdns.Msg) (result, *flows.Polic
 		return failed(req, mdns.RcodeFormatError, err), nil, true
 	}
 
-	deny, v := f.checkName(q)
+	deny, v := f.checkName(q, q.name)
 	if deny {
 		f.stats.denied.Add(1)
 		return empty(req), v, true
@@ -192,14 +196,15 @@ func empty(req *mdns.Msg) result {
 	return result{resp: localReply(req, mdns.RcodeSuccess), mode: flows.ModeSyntheticEmpty}
 }
 
-// checkName asks the policy about the query name. A violation is returned
-// even when not denying (audit mode) so that it is emitted.
-func (f *Forwarder) checkName(q *query) (bool, *flows.PolicyViolation) {
+// checkName asks the policy about name, the query name or a name its CNAME
+// chain led to. A violation is returned even when not denying (audit mode)
+// so that it is emitted.
+func (f *Forwarder) checkName(q *query, name string) (bool, *flows.PolicyViolation) {
 	if f.cfg.Policy == nil {
 		return false, nil
 	}
 
-	deny, v := f.cfg.Policy.CheckName(q.name)
+	deny, v := f.cfg.Policy.CheckName(name)
 	if v == nil && deny {
 		v = &flows.PolicyViolation{Reason: "query for a name denied by policy"}
 	}
@@ -210,11 +215,37 @@ func (f *Forwarder) checkName(q *query) (bool, *flows.PolicyViolation) {
 			v.Action = flows.ActionDeny
 		}
 		if v.RemoteStr == "" {
-			v.RemoteStr = q.name
+			v.RemoteStr = name
 		}
 	}
 
 	return deny, v
+}
+
+// checkChain applies the name policy to the names an answer's CNAME chain
+// led to, which the query name alone did not reveal. A denied one turns the
+// answer into an empty one, as if it had been asked for; its addresses are
+// still learned (as denied), in case the program learns them another way.
+func (f *Forwarder) checkChain(q *query, req *mdns.Msg, res result) result {
+	if f.cfg.Policy == nil {
+		return res
+	}
+
+	chain := summarize(q.name, res.resp).chain
+	for _, name := range chain[1:] {
+		deny, v := f.checkName(q, name)
+		if v != nil {
+			v.Names = chain
+			f.emit(v)
+		}
+		if deny {
+			f.stats.denied.Add(1)
+			f.learn(q, req, res)
+			return empty(req)
+		}
+	}
+
+	return res
 }
 
 // fromHosts answers from Config.Hosts, or returns nil when the name is not

@@ -31,6 +31,13 @@ type ChildflowCfClientKey struct {
 	Pad   uint8
 }
 
+type ChildflowCfDnsKey struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+	Port uint16
+	Pad  [2]uint8
+}
+
 type ChildflowCfEvent struct {
 	_        structs.HostLayout
 	TsNs     uint64
@@ -136,6 +143,7 @@ const (
 	ChildflowMapCfClients        = "cf_clients"
 	ChildflowMapCfDeny4          = "cf_deny4"
 	ChildflowMapCfDeny6          = "cf_deny6"
+	ChildflowMapCfDnsSrv         = "cf_dns_srv"
 	ChildflowMapCfEvents         = "cf_events"
 	ChildflowMapCfFlows          = "cf_flows"
 	ChildflowMapCfIps            = "cf_ips"
@@ -233,6 +241,7 @@ type ChildflowMapSpecs struct {
 	CfClients *ebpf.MapSpec `ebpf:"cf_clients"`
 	CfDeny4   *ebpf.MapSpec `ebpf:"cf_deny4"`
 	CfDeny6   *ebpf.MapSpec `ebpf:"cf_deny6"`
+	CfDnsSrv  *ebpf.MapSpec `ebpf:"cf_dns_srv"`
 	CfEvents  *ebpf.MapSpec `ebpf:"cf_events"`
 	CfFlows   *ebpf.MapSpec `ebpf:"cf_flows"`
 	CfIps     *ebpf.MapSpec `ebpf:"cf_ips"`
@@ -286,6 +295,7 @@ type ChildflowMaps struct {
 	CfClients *ebpf.Map `ebpf:"cf_clients"`
 	CfDeny4   *ebpf.Map `ebpf:"cf_deny4"`
 	CfDeny6   *ebpf.Map `ebpf:"cf_deny6"`
+	CfDnsSrv  *ebpf.Map `ebpf:"cf_dns_srv"`
 	CfEvents  *ebpf.Map `ebpf:"cf_events"`
 	CfFlows   *ebpf.Map `ebpf:"cf_flows"`
 	CfIps     *ebpf.Map `ebpf:"cf_ips"`
@@ -301,6 +311,7 @@ func (m *ChildflowMaps) Close() error {
 		m.CfClients,
 		m.CfDeny4,
 		m.CfDeny6,
+		m.CfDnsSrv,
 		m.CfEvents,
 		m.CfFlows,
 		m.CfIps,

@@ -310,6 +310,30 @@ func (t *Tracer) Forget(ip netip.Addr) error {
 	return nil
 }
 
+// Learned returns what DNS taught about ip, and false when nothing is known.
+func (t *Tracer) Learned(ip netip.Addr) (allowed bool, reason uint8, ok bool) {
+	k := key16(ip)
+	var v gen.ChildflowCfLearned
+	if err := t.objs.CfIps.Lookup(&k, &v); err != nil {
+		return false, 0, false
+	}
+
+	return v.Allowed != 0, v.Reason, true
+}
+
+// fillDNSServers lists the forwarder's upstreams for the redirect.
+func (t *Tracer) fillDNSServers(servers []netip.AddrPort) error {
+	one := uint8(1)
+	for _, s := range servers {
+		k := gen.ChildflowCfDnsKey{Addr: key16(s.Addr()), Port: s.Port()}
+		if err := t.objs.CfDnsSrv.Update(&k, &one, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("add dns server %s: %w", s, err)
+		}
+	}
+
+	return nil
+}
+
 func key16(ip netip.Addr) [16]byte {
 	ip = ip.Unmap()
 	var k [16]byte

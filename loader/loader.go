@@ -59,6 +59,9 @@ type Config struct {
 
 	DNSPort4, DNSPort6     uint16
 	ProxyPort4, ProxyPort6 uint16
+	// DNSServers are the forwarder's upstreams: what the tree sends to
+	// them is redirected to the forwarder like port 53 (at most 16).
+	DNSServers []netip.AddrPort
 
 	// EventBatch, when not zero, lets control events pile up to this many
 	// bytes before the reader is woken; the reader then also polls every
@@ -108,6 +111,10 @@ func Load(cfg Config) (*Tracer, error) {
 		return nil, fmt.Errorf("load BPF programs: %w", err)
 	}
 	if err := t.fillPolicy(cfg); err != nil {
+		t.Close()
+		return nil, err
+	}
+	if err := t.fillDNSServers(cfg.DNSServers); err != nil {
 		t.Close()
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -69,6 +70,23 @@ type Options struct {
 	// RootCAs, when set, replaces the system roots for checking an https
 	// proxy's certificate (tests use it for a self-signed proxy).
 	RootCAs *x509.CertPool
+}
+
+// LoadCertPool reads PEM certificates from path into a new pool, for
+// Options.RootCAs (--proxy-ca: trusting a proxy with a private or self-signed
+// certificate). It fails when the file holds no certificate.
+func LoadCertPool(path string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read proxy CA file: %w", err)
+	}
+
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("read proxy CA file %s: no PEM certificate in it", path)
+	}
+
+	return pool, nil
 }
 
 // Dialer opens connections through one proxy. It is safe for concurrent use

@@ -8,6 +8,7 @@
 package trace
 
 import (
+	"crypto/x509"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -55,6 +56,9 @@ type Options struct {
 
 	Proxy         *proxy.URL
 	ProxyLoopback bool
+	// ProxyRootCAs, when set, replaces the system roots for checking an
+	// https proxy's certificate (--proxy-ca).
+	ProxyRootCAs *x509.CertPool
 	// HostLoopback lets the rootless backend reach the host's loopback
 	// through the gateway address; the eBPF backend always can.
 	HostLoopback bool

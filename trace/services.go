@@ -27,6 +27,9 @@ type services struct {
 	dialer *proxy.Dialer
 	names  *dns.Names
 	tracer *atomic.Pointer[loader.Tracer]
+	// hostNames maps the addresses of --hosts-file to a name, for the
+	// proxy (with --proxy only).
+	hostNames map[netip.Addr]string
 
 	warnings []string
 
@@ -98,7 +101,19 @@ func (s *services) startDNS(ctx context.Context, sink flows.Sink) error {
 }
 
 func (s *services) startRelay(sink flows.Sink) error {
-	s.dialer = proxy.NewDialer(s.o.Proxy, proxy.Options{Timeout: s.o.ProxyTimeout})
+	s.dialer = proxy.NewDialer(s.o.Proxy, proxy.Options{
+		Timeout: s.o.ProxyTimeout,
+		RootCAs: s.o.ProxyRootCAs,
+	})
+
+	if s.o.HostsFile != "" {
+		hosts, err := dns.ReadHostsFile(s.o.HostsFile)
+		if err != nil {
+			return &UsageError{Msg: fmt.Sprintf("cannot read --hosts-file %s: %v", s.o.HostsFile, err)}
+		}
+		s.hostNames = hostNames(hosts)
+	}
+
 	relay, err := proxy.NewRelay(proxy.RelayConfig{
 		Dialer: s.dialer,
 		Lookup: s.relayLookup,
@@ -111,6 +126,22 @@ func (s *services) startRelay(sink flows.Sink) error {
 	s.relay = relay
 
 	return nil
+}
+
+// hostNames maps each address of a hosts file to its first name in sorted
+// order, so that the choice does not depend on map iteration.
+func hostNames(hosts map[string][]netip.Addr) map[netip.Addr]string {
+	out := make(map[netip.Addr]string)
+	for name, addrs := range hosts {
+		for _, a := range addrs {
+			a = a.Unmap()
+			if cur, ok := out[a]; !ok || name < cur {
+				out[a] = name
+			}
+		}
+	}
+
+	return out
 }
 
 // dnsPorts returns the forwarder's ports on 127.0.0.1 and ::1 (0 when off).
@@ -190,25 +221,39 @@ func (s *services) learn(ip netip.Addr, names []string, _ time.Duration) error {
 	return nil
 }
 
+// relayLookup finds the origin of a connection the programs redirected to
+// the relay, by the local port of the program's socket.
 func (s *services) relayLookup(client netip.AddrPort) (proxy.Origin, bool) {
 	t := s.tracer.Load()
 	if t == nil {
 		return proxy.Origin{}, false
 	}
+
 	c, ok := t.Client(client.Port(), syscall.IPPROTO_TCP)
 	if !ok {
 		return proxy.Origin{}, false
 	}
-	o := proxy.Origin{
-		Target: proxy.Target{Addr: c.Dst},
+
+	return proxy.Origin{
+		Target: s.proxyTarget(c.Dst),
 		Proc:   flows.Proc{Pid: c.Tgid, Comm: c.Comm},
 		FlowID: c.Cookie,
-	}
-	if names := s.namesOf(c.Dst.Addr()); len(names) > 0 {
-		o.Target.Name = names[0]
+	}, true
+}
+
+// proxyTarget is what the proxy is asked for a connection to dst: the name
+// the program resolved to dst, through the forwarder or from --hosts-file
+// (whose names never reach the forwarder: the tree reads them from its
+// /etc/hosts), else the address alone. Both backends ask the same.
+func (s *services) proxyTarget(dst netip.AddrPort) proxy.Target {
+	t := proxy.Target{Addr: dst}
+	if names := s.namesOf(dst.Addr()); len(names) > 0 {
+		t.Name = names[0]
+	} else if name, ok := s.hostNames[dst.Addr().Unmap()]; ok {
+		t.Name = name
 	}
 
-	return o, true
+	return t
 }
 
 // report adds the services' own losses to the run's outputs.

@@ -75,6 +75,8 @@ func traceFlags() []cli.Flag {
 			Usage: "proxy password (visible in ps: prefer $CHILDFLOW_PROXY_PASSWORD or --proxy-password-file)"},
 		&cli.StringFlag{Name: "proxy-password-file", Category: catProxy,
 			Usage: "read the proxy password from `FILE`"},
+		&cli.StringFlag{Name: "proxy-ca", Category: catProxy,
+			Usage: "https proxy: trust the CA certificates in `FILE` (PEM) instead of the system roots"},
 		&cli.BoolFlag{Name: "proxy-insecure", Category: catProxy,
 			Usage: "https proxy: do not verify its certificate (the link stays encrypted)"},
 		&cli.BoolFlag{Name: "proxy-loopback", Category: catProxy,

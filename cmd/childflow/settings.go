@@ -56,6 +56,7 @@ func applyFlags(c *cli.Context, s *settings) error {
 	str("proxy-user", &s.proxyUser)
 	str("proxy-password", &s.proxyPassword)
 	str("proxy-password-file", &s.proxyPasswordFile)
+	str("proxy-ca", &s.proxyCA)
 	flag("proxy-insecure", &s.proxyInsecure)
 	flag("proxy-loopback", &s.proxyLoopback)
 	str("backend", &s.backend)

@@ -123,6 +123,7 @@ type settings struct {
 	dns, hostsFile string
 
 	proxyURL, proxyUser, proxyPassword, proxyPasswordFile string
+	proxyCA                                               string
 	proxyInsecure, proxyLoopback                          bool
 
 	backend      string
@@ -220,8 +221,10 @@ func (s *settings) checkCapturePoint() error {
 
 func (s *settings) proxyOptions(o *trace.Options) error {
 	if s.proxyURL == "" {
-		if s.proxyUser != "" || s.proxyPassword != "" || s.proxyInsecure || s.proxyLoopback {
-			return usagef("--proxy-user, --proxy-password, --proxy-insecure and --proxy-loopback need --proxy URL")
+		if s.proxyUser != "" || s.proxyPassword != "" || s.proxyInsecure || s.proxyLoopback ||
+			s.proxyCA != "" {
+			return usagef("--proxy-user, --proxy-password, --proxy-ca, --proxy-insecure and " +
+				"--proxy-loopback need --proxy URL")
 		}
 		return nil
 	}
@@ -233,6 +236,9 @@ func (s *settings) proxyOptions(o *trace.Options) error {
 	if err != nil {
 		return usagef("%v", err)
 	}
+	// The traced command inherits childflow's environment: keep the
+	// password out of it.
+	_ = os.Unsetenv(proxy.PasswordEnv)
 	if s.proxyUser != "" || pass != "" {
 		if u, err = u.WithCredentials(s.proxyUser, pass); err != nil {
 			return usagef("%v", err)
@@ -243,6 +249,14 @@ func (s *settings) proxyOptions(o *trace.Options) error {
 			return usagef("--proxy-insecure applies to https:// proxies only (got %s://)", u.Scheme)
 		}
 		u.Insecure = true
+	}
+	if s.proxyCA != "" {
+		if u.Scheme != proxy.SchemeHTTPS {
+			return usagef("--proxy-ca applies to https:// proxies only (got %s://)", u.Scheme)
+		}
+		if o.ProxyRootCAs, err = proxy.LoadCertPool(s.proxyCA); err != nil {
+			return usagef("invalid --proxy-ca: %v", err)
+		}
 	}
 	o.Proxy = u
 	o.ProxyLoopback = s.proxyLoopback

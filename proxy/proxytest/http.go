@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
@@ -23,11 +24,18 @@ import (
 type HTTPS struct {
 	*Server
 	pool *x509.CertPool
+	der  []byte
 }
 
 // CertPool returns a pool holding the proxy's certificate, for
 // proxy.Options.RootCAs. The certificate names 127.0.0.1, ::1 and localhost.
 func (s *HTTPS) CertPool() *x509.CertPool { return s.pool }
+
+// CertPEM returns the proxy's certificate in PEM form, as a file for
+// childflow's --proxy-ca.
+func (s *HTTPS) CertPEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.der})
+}
 
 // StartHTTP starts an HTTP proxy that serves CONNECT requests. Other
 // methods get 405; wrong or missing credentials 407; a name it cannot resolve
@@ -50,7 +58,7 @@ func StartHTTPS(t testing.TB, opts Options) *HTTPS {
 		return tls.NewListener(ln, conf)
 	}, (*Server).serveHTTP)
 
-	return &HTTPS{Server: s, pool: pool}
+	return &HTTPS{Server: s, pool: pool, der: cert.Certificate[0]}
 }
 
 func (s *Server) serveHTTP(c net.Conn) {
