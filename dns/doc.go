@@ -20,9 +20,18 @@
 //     in Stats.Dropped. Queries pipelined on one TCP connection are served
 //     one after the other, as miekg/dns serves them.
 //   - A query for a denied name is answered NOERROR without records and is
-//     never sent upstream. A name reached only through a CNAME chain is not
-//     checked here: its addresses carry the chain's names and the connect
-//     policy denies them.
+//     never sent upstream. A name reached only through a CNAME chain can
+//     only be judged once the upstream answered: when one is denied, the
+//     program gets the same empty answer and a violation naming it (with
+//     the chain in names), and the chain's addresses are still passed to
+//     Learn, so that a connect to them is denied too.
+//   - Names only lives for the TTL of an answer (at least
+//     NamesConfig.MinTTL) plus NamesConfig.Grace; Names.Expiry tells a
+//     backend when to look again, so that what it learned from Learn can
+//     expire with the names.
+//   - The forwarder sees only what reaches it: DNS over TLS (port 853) and
+//     DNS over HTTPS are ordinary TCP connections that never do, so the
+//     names they resolve are unknown here (see the README's limitations).
 //   - Upstream queries use a fresh socket and a random ID per attempt, so an
 //     answer can only come from the upstream asked and must match the ID and
 //     the question.

@@ -433,13 +433,33 @@ type policyNet struct {
 	script string
 	server *sightings // in top.Server
 	client *sightings // in top.Client (loopback destinations)
+	b      backendCase
+	e      expectation
 }
 
-func newPolicyNet(t *testing.T) *policyNet {
+// forPolicyBackends runs fn for the backend cases that can run in the
+// client namespace: the harness enters it with nsenter, which must stay
+// root to do so, so the unprivileged case is left out.
+func forPolicyBackends(t *testing.T, fn func(t *testing.T, b backendCase)) {
+	t.Helper()
+	for _, b := range backendCases {
+		if b.unprivileged {
+			continue
+		}
+		t.Run(b.name, func(t *testing.T) {
+			testenv.RequireRoot(t)
+			fn(t, b)
+		})
+	}
+}
+
+// newPolicyNet builds the topology for backend case b.
+func newPolicyNet(t *testing.T, b backendCase) *policyNet {
 	t.Helper()
 	requireEBPF(t)
 	testenv.RequireTool(t, "python3")
 	pn := &policyNet{
+		b: b, e: expect(b),
 		top:    testenv.TopologyForPolicyTests(t),
 		script: writeAttemptScript(t),
 		server: &sightings{},
@@ -469,12 +489,15 @@ func (pn *policyNet) where(dst netip.Addr) (*testenv.Netns, *sightings) {
 	return pn.top.Server, pn.server
 }
 
-// src is the source address a raw IPv6 packet to dst must carry.
-func (pn *policyNet) src(dst netip.Addr) string {
-	if !dst.Is6() {
+// src is the source address a raw IPv6 packet to asked must carry: the
+// command's own address.
+func (pn *policyNet) src(asked netip.Addr) string {
+	switch {
+	case !asked.Is6():
 		return ""
-	}
-	if dst.IsLoopback() {
+	case pn.e.ownNamespaces:
+		return "fd00:cf::100"
+	case asked.IsLoopback():
 		return "::1"
 	}
 
@@ -485,8 +508,9 @@ func (pn *policyNet) src(dst netip.Addr) string {
 type attempt struct {
 	id    string
 	kind  string
-	dst   netip.Addr
-	port  int // 0 for ICMP and raw
+	dst   netip.Addr // the destination as the host sees it (flow log)
+	asked netip.Addr // the address the command uses for dst
+	port  int        // 0 for ICMP and raw
 	token string
 	count int
 	rec   *sightings
@@ -497,7 +521,8 @@ type attempt struct {
 func (pn *policyNet) plan(t *testing.T, id, kind string, dst netip.Addr) attempt {
 	t.Helper()
 	ns, rec := pn.where(dst)
-	a := attempt{id: id, kind: kind, dst: dst, token: newToken(), count: 1, rec: rec}
+	a := attempt{id: id, kind: kind, dst: dst, asked: pn.e.hostAddr(dst), token: newToken(),
+		count: 1, rec: rec}
 	switch protoOfKind(kind) {
 	case "tcp":
 		a.port = serveTCP(t, ns, rec)
@@ -510,8 +535,8 @@ func (pn *policyNet) plan(t *testing.T, id, kind string, dst netip.Addr) attempt
 
 // spec is the attempt as attemptScript's argument.
 func (a attempt) spec(pn *policyNet) string {
-	return fmt.Sprintf("%s,%s,%s,%d,%s,%s,%d", a.id, a.kind, a.dst, a.port, a.token,
-		pn.src(a.dst), a.count)
+	return fmt.Sprintf("%s,%s,%s,%d,%s,%s,%d", a.id, a.kind, a.asked, a.port, a.token,
+		pn.src(a.asked), a.count)
 }
 
 // protoOfKind is the transport an attempt kind uses: "tcp", "udp" or "icmp".
@@ -546,10 +571,11 @@ func (pn *policyNet) runAttempts(t *testing.T, args []string, exit int,
 	// The matrix exercises the BPF enforcement points themselves, with a
 	// root command that keeps CAP_NET_RAW (--keep-caps) so that raw sockets
 	// can be tried; TestConfinedRootCommand covers the default.
+	full := append([]string{"--keep-root", "--keep-caps"}, pn.e.hostArgs...)
 	res := run{
-		args:    append([]string{"--keep-root", "--keep-caps"}, args...),
+		args:    append(full, args...),
 		command: cmd, flowLog: true, ns: pn.top.Client.Name, timeout: 90 * time.Second,
-	}.do(t)
+	}.with(pn.b).do(t)
 	results := parseResults(t, res.stdout)
 	for _, a := range attempts {
 		if _, ok := results[a.id]; !ok {
@@ -565,6 +591,17 @@ func (pn *policyNet) runAttempts(t *testing.T, args []string, exit int,
 func violationsOf(res *result, pid int) []map[string]any {
 	return res.events("policy_violation", func(m map[string]any) bool {
 		return num(m, "pid") == int64(pid)
+	})
+}
+
+// violationsTo returns the policy_violation records of protocol and remote
+// that carry pid or no pid at all: the records of an attempt on a backend
+// that attributes violations best effort.
+func violationsTo(res *result, protocol, remote string, pid int) []map[string]any {
+	return res.events("policy_violation", func(m map[string]any) bool {
+		p := num(m, "pid")
+		return str(m, "protocol") == protocol && str(m, "remote") == remote &&
+			(p == 0 || p == int64(pid))
 	})
 }
 
@@ -590,7 +627,12 @@ func checkViolation(t *testing.T, got map[string]any, want wantViolation) {
 		{"reason_code", want.reasonCode}, {"control", want.control}, {"comm", want.comm},
 	}
 	for _, f := range strs {
-		if g, ok := got[f.key].(string); !ok || g != f.want {
+		g, ok := got[f.key].(string)
+		if f.key == "comm" && f.want == "" {
+			// Not attributed: the field must be absent.
+			ok, g = !ok, ""
+		}
+		if !ok || g != f.want {
 			t.Errorf("%s = %#v, want %q", f.key, got[f.key], f.want)
 		}
 	}

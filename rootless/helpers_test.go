@@ -45,7 +45,8 @@ func runHelper(args []string) int {
 	modes := map[string]func([]string) int{
 		"get": helperGet, "dial": helperDial, "udp": helperUDP, "resolve": helperResolve,
 		"cat": helperCat, "sink": helperSink, "many": helperMany, "ping": helperPing,
-		"parent": helperParent, "dnstcp": helperDNSTCP,
+		"parent": helperParent, "dnstcp": helperDNSTCP, "blast": helperBlast,
+		"rawproto": helperRawProto,
 	}
 	f, ok := modes[args[0]]
 	if !ok {

@@ -12,6 +12,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/childflow/childflow/flows"
 )
 
 // pingTimeout bounds the wait for a host's echo reply.
@@ -92,8 +94,8 @@ func parseEcho(frame []byte) (echo, bool) {
 
 // handleEcho answers an echo request of the command: the gateway answers
 // itself unless HostLoopback sends it to the host's loopback; other
-// destinations are checked and pinged from the host. Requests that get no
-// reply are counted as dropped.
+// destinations are checked and pinged from the host. Denied requests are
+// counted as denied, others that get no reply as dropped.
 func (ns *netStack) handleEcho(frame []byte) {
 	e, ok := parseEcho(frame)
 	if !ok || !ns.startTask() {
@@ -121,9 +123,10 @@ func (ns *netStack) answerEcho(e echo) bool {
 	if e.dst.Is6() {
 		proto = "icmpv6"
 	}
-	if ns.cfg.Check != nil && !ns.cfg.Check(proto, host) {
+	if ns.cfg.Check != nil && !ns.cfg.Check(proto, host, flows.Proc{}) {
 		ns.denied.Add(1)
-		return false
+		ns.deniedPkts.Add(1)
+		return true
 	}
 
 	payload, err := ns.hostPing(host.Addr(), e)

@@ -51,6 +51,7 @@ type netStack struct {
 	nextID                     atomic.Uint64
 	flowsN, denied, failed     atomic.Uint64
 	bytesOut, bytesIn, dropped atomic.Uint64
+	deniedPkts, unsupported    atomic.Uint64
 
 	mu        sync.Mutex
 	open      map[uint64]*flow
@@ -228,7 +229,9 @@ func (ns *netStack) stats() Stats {
 	return Stats{
 		Flows: ns.flowsN.Load(), Denied: ns.denied.Load(), Failed: ns.failed.Load(),
 		BytesOut: ns.bytesOut.Load(), BytesIn: ns.bytesIn.Load(),
-		Dropped: ns.dropped.Load() + ns.st.Stats().DroppedPackets.Value(),
+		DeniedPackets: ns.deniedPkts.Load(),
+		Dropped:       ns.dropped.Load() + ns.st.Stats().DroppedPackets.Value(),
+		Unsupported:   ns.unsupported.Load(),
 	}
 }
 

@@ -199,14 +199,16 @@ func TestDeniedConnect(t *testing.T) {
 
 	var dials atomic.Int64
 	var checked []string
+	var procs []flows.Proc
 	var mu sync.Mutex
 	sink := &events{}
 	cfg := rootless.Config{
 		HostLoopback: true,
 		Sink:         sink,
-		Check: func(proto string, dst netip.AddrPort) bool {
+		Check: func(proto string, dst netip.AddrPort, proc flows.Proc) bool {
 			mu.Lock()
 			checked = append(checked, proto+" "+dst.String())
+			procs = append(procs, proc)
 			mu.Unlock()
 			return false
 		},
@@ -230,7 +232,11 @@ func TestDeniedConnect(t *testing.T) {
 
 	want := "tcp " + addr.String()
 	if len(checked) != 1 || checked[0] != want {
-		t.Errorf("got checks %q, want [%q]", checked, want)
+		t.Fatalf("got checks %q, want [%q]", checked, want)
+	}
+	// The connecting socket lives until the reset: its process is known.
+	if procs[0].Pid == 0 || procs[0].Comm == "" {
+		t.Errorf("got check for process %+v, want the pid and comm of the helper", procs[0])
 	}
 
 	result := findResult(sink.all(), "tcp")
@@ -606,7 +612,7 @@ func TestPing(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var checked atomic.Int64
-			check := func(proto string, dst netip.AddrPort) bool {
+			check := func(proto string, dst netip.AddrPort, _ flows.Proc) bool {
 				if proto == "icmpv4" && dst.Addr() == netip.MustParseAddr("127.0.0.1") {
 					checked.Add(1)
 				}
@@ -618,6 +624,15 @@ func TestPing(t *testing.T) {
 			if !strings.Contains(out, tt.want) || checked.Load() != 1 {
 				t.Fatalf("got exit %d output %q after %d checks, want %q after 1", res.ExitCode, out,
 					checked.Load(), tt.want)
+			}
+			// A denied request is a violation, not loss.
+			wantDenied := uint64(0)
+			if !tt.allow {
+				wantDenied = 1
+			}
+			if res.Stats.DeniedPackets != wantDenied || res.Stats.Dropped != 0 {
+				t.Errorf("got %d denied and %d dropped packets, want %d and 0",
+					res.Stats.DeniedPackets, res.Stats.Dropped, wantDenied)
 			}
 		})
 	}

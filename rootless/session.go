@@ -60,10 +60,11 @@ type Config struct {
 	// MTU of the tap; 0 means DefaultMTU.
 	MTU int
 	// Check decides whether a new flow to dst may proceed (proto "tcp",
-	// "udp", "icmpv4" or "icmpv6"). False denies it: TCP gets a reset,
-	// datagrams are dropped and counted. The callback emits the
-	// policy_violation itself. Nil allows everything.
-	Check func(proto string, dst netip.AddrPort) bool
+	// "udp", "icmpv4" or "icmpv6"); proc is the process behind it when the
+	// lookup found it (always empty for ICMP). False denies it: TCP gets a
+	// reset, datagrams are dropped and counted in Stats.DeniedPackets. The
+	// callback emits the policy_violation itself. Nil allows everything.
+	Check func(proto string, dst netip.AddrPort, proc flows.Proc) bool
 	// DialTCP opens the host side of an allowed TCP flow (directly or via a
 	// proxy). Nil means a net.Dialer.
 	DialTCP func(ctx context.Context, dst netip.AddrPort) (net.Conn, error)
@@ -112,9 +113,16 @@ type Stats struct {
 	Failed uint64
 	// BytesOut and BytesIn are payload bytes from and to the command.
 	BytesOut, BytesIn uint64
-	// Dropped counts packets not delivered: datagrams of denied flows or
-	// full queues, unanswered ICMP, and the netstack's own drops.
+	// DeniedPackets counts the datagrams and echo requests that Check
+	// denied: not delivered, and reported as violations.
+	DeniedPackets uint64
+	// Dropped counts packets not delivered for other reasons: full queues,
+	// datagrams to the unreachable gateway, unanswered echo requests, and
+	// the netstack's own drops.
 	Dropped uint64
+	// Unsupported counts IP packets of protocols that the backend does not
+	// forward (anything but TCP, UDP and ICMP), dropped at the tap.
+	Unsupported uint64
 }
 
 // Session is a running command. Its methods are safe for concurrent use.

@@ -192,6 +192,12 @@ func (e *tapEndpoint) deliver(v *buffer.View) {
 		return
 	}
 
+	if !forwarded(eth.Type(), frame[header.EthernetMinimumSize:]) {
+		e.ns.unsupported.Add(1)
+		v.Release()
+		return
+	}
+
 	if isEchoRequest(eth.Type(), frame[header.EthernetMinimumSize:]) {
 		e.ns.handleEcho(append([]byte(nil), frame...))
 		v.Release()
@@ -330,4 +336,41 @@ func completeChecksum(hdr, frame []byte) []byte {
 	binary.BigEndian.PutUint16(out[field:], ^sum)
 
 	return out
+}
+
+// forwarded reports whether a frame of Ethernet type proto carrying b is one
+// the netstack handles: ARP, and IP packets of TCP, UDP or ICMP (IPv6 also
+// behind the extension headers the kernel itself sends, such as the
+// hop-by-hop header of MLD reports). Anything else, for example a raw socket
+// of another protocol, cannot be forwarded from the host without
+// privileges, so it is dropped and counted rather than handed to a stack
+// that would drop it silently or answer for a host it cannot reach.
+func forwarded(proto tcpip.NetworkProtocolNumber, b []byte) bool {
+	switch proto {
+	case header.ARPProtocolNumber:
+		return true
+	case header.IPv4ProtocolNumber:
+		if len(b) < header.IPv4MinimumSize {
+			return true // malformed: the netstack counts it
+		}
+		switch header.IPv4(b).TransportProtocol() {
+		case header.TCPProtocolNumber, header.UDPProtocolNumber, header.ICMPv4ProtocolNumber:
+			return true
+		}
+		return false
+	case header.IPv6ProtocolNumber:
+		if len(b) < header.IPv6MinimumSize {
+			return true
+		}
+		switch header.IPv6(b).NextHeader() {
+		case uint8(header.TCPProtocolNumber), uint8(header.UDPProtocolNumber),
+			uint8(header.ICMPv6ProtocolNumber), uint8(header.IPv6HopByHopOptionsExtHdrIdentifier),
+			uint8(header.IPv6FragmentExtHdrIdentifier), uint8(header.IPv6RoutingExtHdrIdentifier),
+			uint8(header.IPv6DestinationOptionsExtHdrIdentifier):
+			return true
+		}
+		return false
+	}
+
+	return false
 }

@@ -44,7 +44,7 @@ func (ns *netStack) handleTCP(req *tcp.ForwarderRequest) {
 		ns.failed.Add(1)
 		ns.refuse(req, f, reasonRefused)
 		return
-	case ns.cfg.Check != nil && !ns.cfg.Check("tcp", dst):
+	case ns.cfg.Check != nil && !ns.cfg.Check("tcp", dst, f.proc):
 		ns.denied.Add(1)
 		ns.refuse(req, f, reasonDenied)
 		return

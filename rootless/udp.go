@@ -3,11 +3,9 @@ package rootless
 import (
 	"errors"
 	"net"
-	"net/netip"
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
@@ -36,13 +34,20 @@ func (ns *netStack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuf
 	}
 
 	dst, reachable := ns.target(asked)
-	if !reachable || ns.recentlyDenied(id) {
+	switch {
+	case !reachable:
 		ns.dropped.Add(1)
+		return true
+	case ns.recentlyDenied(id):
+		ns.deniedPkts.Add(1)
 		return true
 	}
 
-	if ns.cfg.Check != nil && !ns.cfg.Check("udp", dst) {
-		ns.denyUDP(id, dst)
+	// The sender may close its socket right after this datagram: look its
+	// process up now, before anything slower.
+	f := ns.newFlow("udp", dst, id)
+	if ns.cfg.Check != nil && !ns.cfg.Check("udp", dst, f.proc) {
+		ns.denyUDP(id, f)
 		return true
 	}
 
@@ -51,13 +56,12 @@ func (ns *netStack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuf
 		return true
 	}
 
-	f := &flow{ns: ns, id: ns.nextID.Add(1), proto: "udp", remote: dst, start: time.Now()}
 	if !ns.register(f, func() { conn.Close() }) {
 		conn.Close()
 		return true
 	}
 
-	go ns.relayUDP(f, id, conn)
+	go ns.relayUDP(f, conn)
 
 	return true
 }
@@ -76,10 +80,10 @@ func (ns *netStack) recentlyDenied(id stack.TransportEndpointID) bool {
 }
 
 // denyUDP records a denied association: the events are emitted and its
-// datagrams are dropped for udpDeniedTTL.
-func (ns *netStack) denyUDP(id stack.TransportEndpointID, dst netip.AddrPort) {
+// datagrams are dropped (and counted as denied) for udpDeniedTTL.
+func (ns *netStack) denyUDP(id stack.TransportEndpointID, f *flow) {
 	ns.denied.Add(1)
-	ns.dropped.Add(1)
+	ns.deniedPkts.Add(1)
 
 	ns.mu.Lock()
 	if len(ns.udpDenied) >= maxDeniedKeys {
@@ -88,7 +92,6 @@ func (ns *netStack) denyUDP(id stack.TransportEndpointID, dst netip.AddrPort) {
 	ns.udpDenied[id] = time.Now()
 	ns.mu.Unlock()
 
-	f := ns.newFlow("udp", dst, id)
 	ns.emitAttempt(f)
 	ns.emitResult(f, reasonDenied)
 }
@@ -110,15 +113,10 @@ func (ns *netStack) udpEndpoint(id stack.TransportEndpointID, pkt *stack.PacketB
 
 // relayUDP dials the destination from the host and copies datagrams both
 // ways until the association is idle for udpIdle or the session ends.
-func (ns *netStack) relayUDP(f *flow, id stack.TransportEndpointID, inner *gonet.UDPConn) {
+func (ns *netStack) relayUDP(f *flow, inner *gonet.UDPConn) {
 	defer f.end()
 	defer inner.Close()
 
-	f.proc = ns.procFor(unix.IPPROTO_UDP, addrPort(id.RemoteAddress, id.RemotePort),
-		addrPort(id.LocalAddress, id.LocalPort))
-	if ns.cfg.Names != nil {
-		f.names = ns.cfg.Names(f.remote.Addr())
-	}
 	ns.emitAttempt(f)
 
 	var d net.Dialer

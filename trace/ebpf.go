@@ -147,6 +147,7 @@ func (r *ebpfRun) loaderConfig(svc *services) loader.Config {
 		EventBatch: 64 << 10,
 	}
 	cfg.DNSPort4, cfg.DNSPort6 = svc.dnsPorts()
+	cfg.DNSServers = svc.dnsServers()
 	cfg.ProxyPort4, cfg.ProxyPort6 = svc.relayPorts()
 	if p := r.o.Policy; p != nil {
 		cfg.Policy = policyFlags(p.Config(), r.o.ProxyLoopback)

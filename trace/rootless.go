@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -19,7 +20,6 @@ import (
 	"github.com/childflow/childflow/flows"
 	"github.com/childflow/childflow/loader"
 	"github.com/childflow/childflow/policy"
-	"github.com/childflow/childflow/proxy"
 	"github.com/childflow/childflow/rootless"
 )
 
@@ -32,6 +32,9 @@ type rootlessRun struct {
 	svc   *services
 	viol  violations
 	start time.Time
+	// capMu serialises the capture: the netstack delivers frames from
+	// many goroutines, and a capture.Writer takes one at a time.
+	capMu sync.Mutex
 }
 
 func etherIface() capture.Interface {
@@ -96,15 +99,25 @@ func (r *rootlessRun) run(ctx context.Context) (*Result, error) {
 		if rr.Signal != 0 {
 			res.Signal = unix.SignalName(rr.Signal)
 		}
-		if rr.Stats.Dropped > 0 {
-			r.out.sink.Emit(&flows.Loss{Source: "netstack", Count: rr.Stats.Dropped,
-				Detail: "packets the rootless netstack did not deliver (denied datagrams, full queues)"})
-		}
+		r.emitLoss(rr.Stats)
 	}
 	res.Duration = time.Since(r.start)
 	r.finish(res)
 
 	return res, nil
+}
+
+// emitLoss reports what the netstack did not deliver. Denied datagrams are
+// not loss: they are reported as violations.
+func (r *rootlessRun) emitLoss(st rootless.Stats) {
+	if st.Dropped > 0 {
+		r.out.sink.Emit(&flows.Loss{Source: "netstack", Count: st.Dropped,
+			Detail: "packets the rootless netstack did not deliver (full queues, unanswered echo requests)"})
+	}
+	if st.Unsupported > 0 {
+		r.out.sink.Emit(&flows.Loss{Source: "unsupported", Count: st.Unsupported,
+			Detail: "IP packets of protocols the rootless backend does not forward (only TCP, UDP and ICMP)"})
+	}
 }
 
 func (r *rootlessRun) config() rootless.Config {
@@ -118,7 +131,7 @@ func (r *rootlessRun) config() rootless.Config {
 		HostsFile:    r.o.HostsFile,
 		Check:        r.check,
 		DialTCP:      r.dial,
-		Sink:         r.out.sink,
+		Sink:         r.svc.markProxied(r.out.sink),
 		Names:        r.svc.namesOf,
 		HostLoopback: r.o.HostLoopback,
 		Logger:       r.o.Logger,
@@ -128,7 +141,9 @@ func (r *rootlessRun) config() rootless.Config {
 	}
 	if r.out.capture != nil {
 		cfg.Capture = func(ts time.Time, frame []byte) {
+			r.capMu.Lock()
 			_ = r.out.capture.WritePacket(0, ts, frame, len(frame), 0, "")
+			r.capMu.Unlock()
 		}
 	}
 
@@ -137,7 +152,7 @@ func (r *rootlessRun) config() rootless.Config {
 
 // check applies the policy to a new flow of the namespace and reports a
 // violation, exactly as the eBPF programs do.
-func (r *rootlessRun) check(proto string, dst netip.AddrPort) bool {
+func (r *rootlessRun) check(proto string, dst netip.AddrPort, proc flows.Proc) bool {
 	p := r.o.Policy
 	if p == nil {
 		return true
@@ -153,6 +168,7 @@ func (r *rootlessRun) check(proto string, dst netip.AddrPort) bool {
 		return true
 	}
 	if ev := v.Violation(proto, dst, names); ev != nil {
+		ev.Proc = proc
 		ev.Count = 1
 		r.viol.add(ev)
 		r.out.sink.Emit(ev)
@@ -164,12 +180,8 @@ func (r *rootlessRun) check(proto string, dst netip.AddrPort) bool {
 // dial opens the host side of a TCP flow, through the proxy when one is set
 // (loopback destinations only with --proxy-loopback).
 func (r *rootlessRun) dial(ctx context.Context, dst netip.AddrPort) (net.Conn, error) {
-	if r.svc.dialer != nil && (!dst.Addr().IsLoopback() || r.o.ProxyLoopback) {
-		t := proxy.Target{Addr: dst}
-		if names := r.svc.namesOf(dst.Addr()); len(names) > 0 {
-			t.Name = names[0]
-		}
-		return r.svc.dialer.DialContext(ctx, t)
+	if r.svc.proxied(dst.Addr()) {
+		return r.svc.dialer.DialContext(ctx, r.svc.proxyTarget(dst))
 	}
 	var d net.Dialer
 

@@ -26,6 +26,7 @@ type services struct {
 	relay  *proxy.Relay
 	dialer *proxy.Dialer
 	names  *dns.Names
+	learnr *learner
 	tracer *atomic.Pointer[loader.Tracer]
 	// hostNames maps the addresses of --hosts-file to a name, for the
 	// proxy (with --proxy only).
@@ -41,7 +42,7 @@ type services struct {
 
 func startServices(ctx context.Context, o *Options, sink flows.Sink,
 	tracer *atomic.Pointer[loader.Tracer], onViolation func(*flows.PolicyViolation)) (*services, error) {
-	s := &services{o: o, tracer: tracer, names: dns.NewNames(dns.NamesConfig{})}
+	s := &services{o: o, tracer: tracer, names: dns.NewNames(learnConfig{}.namesConfig())}
 	counted := flows.SinkFunc(func(ev flows.Event) {
 		if v, ok := ev.(*flows.PolicyViolation); ok {
 			onViolation(v)
@@ -66,6 +67,7 @@ func startServices(ctx context.Context, o *Options, sink flows.Sink,
 }
 
 func (s *services) startDNS(ctx context.Context, sink flows.Sink) error {
+	s.learnr = newLearner(s.names, s.o.Policy, s.tracer, s.o.Logger, learnConfig{})
 	cfg := dns.Config{
 		Upstreams: s.o.DNSUpstreams,
 		Sink:      sink,
@@ -96,6 +98,7 @@ func (s *services) startDNS(ctx context.Context, sink flows.Sink) error {
 		return &Failure{Phase: flows.PhasePreflight, Reason: "dns_forwarder", Err: err}
 	}
 	s.fwd = fwd
+	s.learnr.start(ctx)
 
 	return nil
 }
@@ -153,6 +156,16 @@ func (s *services) dnsPorts() (uint16, uint16) {
 	return loopbackPorts(s.fwd.Addrs())
 }
 
+// dnsServers returns the forwarder's upstreams, which the eBPF programs
+// redirect to the forwarder like port 53.
+func (s *services) dnsServers() []netip.AddrPort {
+	if s.fwd == nil {
+		return nil
+	}
+
+	return s.fwd.Upstreams()
+}
+
 // relayPorts returns the relay's ports on 127.0.0.1 and ::1 (0 when off).
 func (s *services) relayPorts() (uint16, uint16) {
 	if s.relay == nil {
@@ -202,23 +215,9 @@ func (s *services) dnsClient(src netip.AddrPort, proto string) (dns.ClientInfo, 
 }
 
 // learn teaches the programs what the policy says of an address that DNS
-// just resolved, before the answer reaches the program.
-func (s *services) learn(ip netip.Addr, names []string, _ time.Duration) error {
-	t := s.tracer.Load()
-	p := s.o.Policy
-	if t == nil || p == nil {
-		return nil
-	}
-	all := append(append([]string(nil), s.names.Lookup(ip)...), names...)
-	v := p.Evaluate(ip, all, "tcp")
-	switch {
-	case v.Reason == policy.ReasonDenyDomain || v.Reason == policy.ReasonDenyDomainExact:
-		return t.Learn(ip, false, uint8(v.Reason), 0)
-	case v.Reason == policy.ReasonNone && p.Config().DefaultDeny:
-		return t.Learn(ip, true, 0, 0)
-	}
-
-	return nil
+// just resolved, before the answer reaches the program (see learner).
+func (s *services) learn(ip netip.Addr, names []string, ttl time.Duration) error {
+	return s.learnr.learn(ip, names, ttl)
 }
 
 // relayLookup finds the origin of a connection the programs redirected to
@@ -256,6 +255,42 @@ func (s *services) proxyTarget(dst netip.AddrPort) proxy.Target {
 	return t
 }
 
+// proxied reports whether a TCP connection to dst goes through the proxy:
+// with --proxy, every destination but loopback (and loopback too with
+// --proxy-loopback), as the eBPF programs decide.
+func (s *services) proxied(dst netip.Addr) bool {
+	return s.dialer != nil && (!dst.Unmap().IsLoopback() || s.o.ProxyLoopback)
+}
+
+// markProxied returns a sink that marks the TCP events of proxied
+// destinations with via_proxy (and the proxy, without its password), for
+// the rootless backend whose netstack does not know about the proxy.
+func (s *services) markProxied(sink flows.Sink) flows.Sink {
+	if s.dialer == nil {
+		return sink
+	}
+
+	return flows.SinkFunc(func(ev flows.Event) {
+		switch e := ev.(type) {
+		case *flows.ConnectAttempt:
+			e.ViaProxy = s.proxiedRemote(e.Remote)
+		case *flows.ConnectResult:
+			if e.ViaProxy = s.proxiedRemote(e.Remote); e.ViaProxy {
+				e.Proxy = s.dialer.Redacted()
+			}
+		case *flows.FlowEnd:
+			e.ViaProxy = s.proxiedRemote(e.Remote)
+		}
+		sink.Emit(ev)
+	})
+}
+
+func (s *services) proxiedRemote(r flows.Remote) bool {
+	ip, err := netip.ParseAddr(r.RemoteIP)
+
+	return r.Protocol == "tcp" && err == nil && s.proxied(ip)
+}
+
 // report adds the services' own losses to the run's outputs.
 func (s *services) report(sink flows.Sink, res *Result) {
 	res.Warnings = append(res.Warnings, s.warnings...)
@@ -281,6 +316,9 @@ func (s *services) close() {
 	}
 	if s.fwd != nil {
 		_ = s.fwd.Close()
+	}
+	if s.learnr != nil {
+		s.learnr.close()
 	}
 }
 

@@ -59,6 +59,16 @@ type DNSServer struct {
 func StartDNSServer(t testing.TB, records []string, opts DNSServerOptions) *DNSServer {
 	t.Helper()
 
+	return StartDNSServerAt(t, nil, netip.AddrPort{}, records, opts)
+}
+
+// StartDNSServerAt is StartDNSServer serving addr (UDP and TCP) inside ns
+// (nil: the host). An invalid addr picks a free port on 127.0.0.1. Binding a
+// port below 1024 needs root.
+func StartDNSServerAt(t testing.TB, ns *Netns, addr netip.AddrPort, records []string,
+	opts DNSServerOptions) *DNSServer {
+	t.Helper()
+
 	s := &DNSServer{opts: opts, done: make(chan struct{})}
 	for _, r := range records {
 		rr, err := mdns.NewRR(r)
@@ -68,7 +78,28 @@ func StartDNSServer(t testing.TB, records []string, opts DNSServerOptions) *DNSS
 		s.records = append(s.records, rr)
 	}
 
-	pc, ln := listenDNSPair(t)
+	var pc *net.UDPConn
+	var ln net.Listener
+	var err error
+	switch {
+	case !addr.IsValid() && ns == nil:
+		pc, ln = listenDNSPair(t)
+	case !addr.IsValid():
+		addr = netip.MustParseAddrPort("127.0.0.1:0")
+		fallthrough
+	default:
+		err = ns.Do(func() error {
+			var err error
+			if pc, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr)); err != nil {
+				return err
+			}
+			ln, err = net.Listen("tcp", pc.LocalAddr().String())
+			return err
+		})
+	}
+	if err != nil {
+		t.Fatalf("listen on %s in netns %s: %v", addr, ns, err)
+	}
 	ap := pc.LocalAddr().(*net.UDPAddr).AddrPort()
 	s.Addr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	servers := []*mdns.Server{{PacketConn: pc, Handler: mdns.HandlerFunc(s.serve)}}
