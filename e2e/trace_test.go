@@ -99,6 +99,24 @@ var (
 	}
 )
 
+// deniedOutcome is how a denied attempt of kind (policyKinds4, to an IPv6
+// destination when v6) ends: the errno and the step that fails, or errno 0
+// and "done" when the send succeeds and the packet is dropped.
+func (e expectation) deniedOutcome(kind string, v6 bool) (syscall.Errno, string) {
+	switch {
+	case protoOfKind(kind) == "tcp":
+		return e.deniedConnect, deniedStage(kind)
+	case !e.datagramsRefused:
+		return 0, "done"
+	case kind == "ping" && v6:
+		// The kernel drops the echo request but does not tell the sender:
+		// ping_v6_sendmsg ignores what icmpv6_push_pending_frames returns.
+		return 0, "done"
+	}
+
+	return syscall.EPERM, deniedStage(kind)
+}
+
 // expect returns the expectation of backend case b.
 func expect(b backendCase) expectation {
 	if b.backend == "ebpf" {
