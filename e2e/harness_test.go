@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -136,20 +137,28 @@ func (r run) do(t testing.TB) *result {
 
 func (r run) cmd(ctx context.Context, t testing.TB, args []string) *exec.Cmd {
 	bin := binary(t)
-	var cmd *exec.Cmd
-	if r.ns != "" {
-		full := append([]string{"--net=/run/netns/" + r.ns, bin}, args...)
-		cmd = exec.CommandContext(ctx, "nsenter", full...)
-	} else {
-		cmd = exec.CommandContext(ctx, bin, args...)
-	}
-	cmd.Env = append(os.Environ(), r.env...)
 	if r.unprivileged {
 		testenv.RequireUnprivilegedUserNS(t)
 		testenv.OpenTunForAll(t)
-		cmd.SysProcAttr = &syscall.SysProcAttr{
-			Credential: &syscall.Credential{Uid: testenv.Nobody, Gid: testenv.Nobody}}
 	}
+	var cmd *exec.Cmd
+	switch {
+	case r.ns != "" && r.unprivileged:
+		// nsenter enters the namespace as root, then drops to nobody.
+		id := strconv.Itoa(testenv.Nobody)
+		full := append([]string{"--net=/run/netns/" + r.ns, "--setuid", id, "--setgid", id, bin}, args...)
+		cmd = exec.CommandContext(ctx, "nsenter", full...)
+	case r.ns != "":
+		full := append([]string{"--net=/run/netns/" + r.ns, bin}, args...)
+		cmd = exec.CommandContext(ctx, "nsenter", full...)
+	default:
+		cmd = exec.CommandContext(ctx, bin, args...)
+		if r.unprivileged {
+			cmd.SysProcAttr = &syscall.SysProcAttr{
+				Credential: &syscall.Credential{Uid: testenv.Nobody, Gid: testenv.Nobody}}
+		}
+	}
+	cmd.Env = append(os.Environ(), r.env...)
 
 	return cmd
 }

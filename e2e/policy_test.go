@@ -152,10 +152,7 @@ func (pn *policyNet) planControl(t *testing.T, c policyControl, fi int) []matrix
 
 // countSharers sets the sharers of each attempt that must log a violation.
 func (pn *policyNet) countSharers(c policyControl, fi int, planned []matrixAttempt) {
-	key := func(p matrixAttempt) string {
-		w := pn.wantFor(c, fi, p, attemptResult{})
-		return w.protocol + " " + w.remote
-	}
+	key := func(p matrixAttempt) string { return pn.attemptKey(c, fi, p, attemptResult{}) }
 	n := map[string]int{}
 	for _, p := range planned {
 		if p.denied {
@@ -193,19 +190,34 @@ func (pn *policyNet) runControl(t *testing.T, c policyControl, fi int) {
 		}
 	}
 
-	pids := map[int64]bool{}
+	made := map[string]bool{}
 	for _, p := range planned {
 		r := results[p.id]
-		pids[int64(r.pid)] = true
+		made[pn.attemptKey(c, fi, p, r)] = true
 		t.Run(p.id, func(t *testing.T) {
 			pn.checkAttempt(t, c, fi, p, r, res, expected)
 		})
 	}
 	for _, v := range res.events("policy_violation", nil) {
-		if p := num(v, "pid"); (p != 0 || pn.e.exactPid) && !pids[p] {
-			t.Errorf("violation of a process that made no attempt: %v", v)
+		k := fmt.Sprint(num(v, "pid"))
+		if !pn.e.exactPid {
+			k = str(v, "protocol") + " " + str(v, "remote")
+		}
+		if !made[k] {
+			t.Errorf("violation of no attempt: %v", v)
 		}
 	}
+}
+
+// attemptKey identifies the violations of an attempt: its pid, or its
+// protocol and destination where violations are matched by destination.
+func (pn *policyNet) attemptKey(c policyControl, fi int, p matrixAttempt, r attemptResult) string {
+	if pn.e.exactPid {
+		return fmt.Sprint(r.pid)
+	}
+	w := pn.wantFor(c, fi, p, r)
+
+	return w.protocol + " " + w.remote
 }
 
 // reaches reports whether attempt p must reach its server.
@@ -229,7 +241,7 @@ func (pn *policyNet) checkAttempt(t *testing.T, c policyControl, fi int, p matri
 	viols := violationsOf(res, r.pid)
 	if !pn.e.exactPid {
 		w := pn.wantFor(c, fi, p, r)
-		viols = violationsTo(res, w.protocol, w.remote, r.pid)
+		viols = violationsTo(res, w.protocol, w.remote)
 	}
 	switch {
 	case pn.refusesRaw(c, p):
@@ -337,8 +349,12 @@ func (pn *policyNet) checkAttemptViolation(t *testing.T, c policyControl, fi int
 		if i < p.sharers {
 			want.count = 1
 		}
-		if !pn.e.exactPid && num(v, "pid") == 0 {
-			want.pid, want.comm = 0, ""
+		if !pn.e.exactPid {
+			// Attributed or not; when attributed, to the host's pid.
+			want.pid, want.comm = int(num(v, "pid")), ""
+			if want.pid != 0 {
+				want.comm = "python3"
+			}
 		}
 		checkViolation(t, v, want)
 	}

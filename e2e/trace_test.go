@@ -51,10 +51,12 @@ type expectation struct {
 	// are refused when created (eBPF). Rootless cannot see socket(): it
 	// checks the echo requests such sockets send like any other.
 	rawRefused bool
-	// exactPid: every violation carries the pid and comm of its process.
-	// Rootless finds them best effort (the socket must still exist when the
-	// first packet arrives): always for TCP, mostly for UDP, never for ICMP.
-	// Violations are then matched by destination.
+	// exactPid: every violation carries the pid and comm of its process,
+	// as the command sees it. Rootless finds them best effort (the socket
+	// must still exist when the first packet arrives): always for TCP,
+	// mostly for UDP, never for ICMP; and its pids are the host's, while the
+	// command sees those of its PID namespace. Violations are then matched
+	// by destination.
 	exactPid bool
 	// perDatagram: an audited attempt counts one violation per datagram
 	// (eBPF); rootless checks a UDP association once.

@@ -38,15 +38,29 @@
 //     netstack like any other destination.
 //   - ICMP: only echo requests are forwarded, through an unprivileged ping
 //     socket (net.ipv4.ping_group_range) or, for root, a raw socket; other
-//     ICMP from the command is dropped. Echo requests produce no flow events.
+//     ICMP from the command goes to the netstack, which answers nothing for
+//     remote hosts. Echo requests produce no flow events, and their
+//     violations carry no pid (ping and raw sockets are not looked up).
+//   - Raw IP: raw sockets inside work (the command is root in its user
+//     namespace), but only what the forwarders understand leaves: TCP, UDP
+//     and ICMP echo, whatever socket sent them. Packets of any other IP
+//     protocol are dropped at the tap and counted in Stats.Unsupported.
+//   - Denied datagrams and echo requests are dropped without an error to
+//     the sender (the eBPF backend fails the send with EPERM); they are
+//     counted in Stats.DeniedPackets and reported as violations. A UDP
+//     association is checked once, not every datagram.
+//   - A datagram still queued at the tap when the command exits is counted
+//     in Stats.Dropped; replies that find the namespace gone are not.
 //   - A denied TCP connect is reset, so the program sees ECONNREFUSED (the
 //     eBPF backend gives EPERM); every failed host dial is a reset too,
 //     whatever its reason (the reason is in connect_result).
 //   - DNS flows (port 53 when Config.DNS is set) produce no connect events:
 //     the DNS callback reports them.
 //   - pid and comm of a flow are found through sock_diag and /proc/<pid>/fd
-//     of the tree, best effort: a socket closed before the lookup, or a tree
-//     beyond 256 processes, leaves them empty. Pids are the host's.
+//     of the tree, best effort: a socket closed before the lookup (a UDP
+//     socket closed right after its first datagram), or a tree beyond 256
+//     processes, leaves them empty. Pids are the host's, not those the
+//     command sees in its PID namespace. Captured frames carry no process.
 //   - Captured frames are those at the tap. Their TCP and UDP checksums are
 //     completed for the capture, although the tap itself carries them
 //     partial.

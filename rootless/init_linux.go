@@ -106,10 +106,14 @@ func setupNamespace(cfg *initConfig) ([]string, error) {
 	}
 
 	// Unprivileged ICMP sockets inside, so that ping works without
-	// capabilities; the sysctl is per network namespace.
-	err := os.WriteFile("/proc/sys/net/ipv4/ping_group_range", []byte("0 2147483647"), 0)
-	if err != nil {
-		warnings = append(warnings, fmt.Sprintf("allow ping sockets: %v", err))
+	// capabilities; the sysctl is per network namespace. Its range must
+	// map into this user namespace: all ids when root mapped them all, else
+	// the one group the caller's gid became.
+	const ping = "/proc/sys/net/ipv4/ping_group_range"
+	if err := os.WriteFile(ping, []byte("0 2147483647"), 0); err != nil {
+		if err := os.WriteFile(ping, []byte("0 0"), 0); err != nil {
+			warnings = append(warnings, fmt.Sprintf("allow ping sockets: %v", err))
+		}
 	}
 
 	return warnings, nil

@@ -2,9 +2,11 @@ package rootless
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,6 +45,8 @@ type netStack struct {
 	procRoot int
 	diag     int
 	diagMu   sync.Mutex
+	// lastOwner is the pid that the last process lookup found.
+	lastOwner atomic.Int64
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -238,7 +242,16 @@ func (ns *netStack) stats() Stats {
 // writeFrame writes a frame built outside the netstack (ICMP replies) to the
 // tap.
 func (ns *netStack) writeFrame(frame []byte) {
-	if err := ns.link.writeFrame(frame); err != nil {
+	if err := ns.link.writeFrame(frame); err != nil && !tapGone(err) {
 		ns.dropped.Add(1)
 	}
+}
+
+// tapGone reports whether a tap write failed because the command's network
+// namespace is gone (the command exited, and the kernel removed the tap
+// with the namespace). Such a packet had no one left to receive it: like a
+// reply to a closed socket, it is not counted as dropped.
+func tapGone(err error) bool {
+	return errors.Is(err, os.ErrClosed) || errors.Is(err, unix.EBADFD) ||
+		errors.Is(err, unix.EIO) || errors.Is(err, unix.ENODEV)
 }

@@ -47,7 +47,25 @@ func (ns *netStack) procFor(proto int, local, remote netip.AddrPort) flows.Proc 
 		return flows.Proc{}
 	}
 
-	return ownerOf(ns.procRoot, fmt.Sprintf("socket:[%d]", inode))
+	target := fmt.Sprintf("socket:[%d]", inode)
+	// A program that opens many connections is usually the last owner
+	// found: checking it first spares the walk of the tree. Socket inodes
+	// are unique, so a hit is never wrong.
+	if last := int(ns.lastOwner.Load()); last > 0 && holds(last, target) {
+		return procOf(last)
+	}
+
+	p := ownerOf(ns.procRoot, target)
+	if p.Pid != 0 {
+		ns.lastOwner.Store(int64(p.Pid))
+	}
+
+	return p
+}
+
+func procOf(pid int) flows.Proc {
+	comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return flows.Proc{Pid: uint32(pid), Comm: strings.TrimSpace(string(comm))}
 }
 
 // ownerOf walks the tree under root and returns the first process holding
@@ -59,8 +77,7 @@ func ownerOf(root int, target string) flows.Proc {
 		queue = append(queue[1:], children(pid)...)
 
 		if holds(pid, target) {
-			comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-			return flows.Proc{Pid: uint32(pid), Comm: strings.TrimSpace(string(comm))}
+			return procOf(pid)
 		}
 	}
 

@@ -225,7 +225,9 @@ func (e *tapEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Erro
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
 		if err := e.writePacket(pkt); err != nil {
-			e.ns.dropped.Add(1)
+			if !tapGone(err) {
+				e.ns.dropped.Add(1)
+			}
 			if n == 0 {
 				return 0, &tcpip.ErrClosedForSend{}
 			}
