@@ -71,3 +71,15 @@ echo
 /usr/bin/time -f "%M" -o "$work/rss" "$bin" trace --quiet -c "$work/big.pcapng" --capture-buffer 64 -- "$lg" send $addr 1000000000 >/dev/null
 echo "peak RSS of childflow capturing a 1 GB transfer: $(( $(cat "$work/rss") / 1024 )) MB (goal < 60 MB)," \
 	"capture $(du -m "$work/big.pcapng" | cut -f1) MB"
+
+# The DNS forwarder, the proxy relay and the rootless backend have their own
+# benchmarks; each prints its figures with its goal.
+echo
+echo "== DNS forwarder"
+sh bench/dns.sh
+echo
+echo "== proxy relay"
+sh bench/proxy.sh "$bin"
+echo
+echo "== rootless backend"
+sh bench/rootless.sh "$bin"

@@ -217,7 +217,12 @@ func (ns *netStack) shutdown() {
 		ns.log.Warn("rootless relays did not stop in time")
 	}
 
+	// Stop the tap's read loop before the stack: a frame being delivered
+	// can need the stack's lock (a UDP forwarder creating its endpoint),
+	// and Stack.Wait holds it while it waits for the link, which deadlocked
+	// when both happened at once.
 	ns.link.Close()
+	ns.link.Wait()
 	ns.st.Close()
 	ns.st.Wait()
 
