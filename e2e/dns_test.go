@@ -363,7 +363,7 @@ python3 -c '%s' %s sendto.cf.test
 		}); len(tcp) == 1 && str(tcp[0], "protocol") != "tcp" {
 			t.Errorf("dig +tcp logged protocol %q, want tcp", str(tcp[0], "protocol"))
 		}
-		checkFlowNames(t, res, b.backend, "198.51.100.22", 80, []string{"curl.cf.test"}, "curl.cf.test")
+		checkFlowNames(t, res, "198.51.100.22", 80, []string{"curl.cf.test"}, "curl.cf.test")
 	})
 }
 
@@ -392,9 +392,6 @@ func checkDNSLogged(t *testing.T, res *result, b backendCase, c dnsQueryCheck) {
 	if got := strs(a["answer_ips"]); !slices.Equal(got, c.ips) {
 		t.Errorf("%s %s: answer_ips %v, want %v", c.name, c.qtype, got, c.ips)
 	}
-	if b.backend != "ebpf" {
-		return // the rootless backend does not know the process of a query
-	}
 	if num(q, "pid") == 0 || str(q, "comm") == "" || (c.comm != "" && str(q, "comm") != c.comm) {
 		t.Errorf("%s %s: pid %d comm %q, want a pid and comm %q", c.name, c.qtype, num(q, "pid"),
 			str(q, "comm"), c.comm)
@@ -415,11 +412,7 @@ func strs(v any) []string {
 
 // checkFlowNames checks the names and server name of the TCP flow to ip:port:
 // connect_attempt carries the names, flow_end the names and server name.
-//
-// The rootless backend does not read the first bytes of a flow yet, so it
-// is held to the names alone.
-func checkFlowNames(t *testing.T, res *result, backend, ip string, port int, names []string,
-	server string) {
+func checkFlowNames(t *testing.T, res *result, ip string, port int, names []string, server string) {
 	t.Helper()
 	to := func(m map[string]any) bool {
 		return str(m, "remote_ip") == ip && num(m, "remote_port") == int64(port) && str(m, "protocol") == "tcp"
@@ -436,7 +429,7 @@ func checkFlowNames(t *testing.T, res *result, backend, ip string, port int, nam
 	if got := strs(ends[0]["names"]); !slices.Equal(got, names) {
 		t.Errorf("flow_end to %s: names %v, want %v", ip, got, names)
 	}
-	if got := str(ends[0], "server_name"); got != server && backend == "ebpf" {
+	if got := str(ends[0], "server_name"); got != server {
 		t.Errorf("flow_end to %s: server_name %q, want %q", ip, got, server)
 	}
 }
@@ -455,8 +448,8 @@ curl -sS --max-time 10 --resolve host.cf.test:80:198.51.100.62 http://host.cf.te
 			!strings.Contains(res.stdout, "web host.cf.test") {
 			t.Fatalf("exit %d, stdout %q; stderr:\n%s", res.code, res.stdout, res.stderr)
 		}
-		checkFlowNames(t, res, b.backend, "198.51.100.61", 443, []string{}, "tls.cf.test")
-		checkFlowNames(t, res, b.backend, "198.51.100.62", 80, []string{}, "host.cf.test")
+		checkFlowNames(t, res, "198.51.100.61", 443, []string{}, "tls.cf.test")
+		checkFlowNames(t, res, "198.51.100.62", 80, []string{}, "host.cf.test")
 		if n := len(res.events("dns_query", nil)); n != 0 {
 			t.Errorf("got %d dns_query events, want none", n)
 		}

@@ -7,10 +7,13 @@ import (
 	"net/netip"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/childflow/childflow/flows"
 )
 
 // DNS serving bounds: how long an idle DNS socket is kept, and how long one
@@ -39,6 +42,9 @@ func (ns *netStack) serveDNSUDP(id stack.TransportEndpointID, pkt *stack.PacketB
 		defer ns.wg.Done()
 		defer conn.Close()
 
+		// The query waits on the socket, which stays open for the answer,
+		// so the lookup can leave the packet path.
+		proc := ns.procFor(unix.IPPROTO_UDP, addrPort(id.RemoteAddress, id.RemotePort), server)
 		buf := make([]byte, maxDatagram)
 		for {
 			conn.SetReadDeadline(time.Now().Add(dnsIdle))
@@ -52,17 +58,18 @@ func (ns *netStack) serveDNSUDP(id stack.TransportEndpointID, pkt *stack.PacketB
 			ns.wg.Add(1)
 			go func() {
 				defer ns.wg.Done()
-				ns.answerDNS(conn, "udp", server, q)
+				ns.answerDNS(conn, "udp", server, proc, q)
 			}()
 		}
 	}()
 }
 
-func (ns *netStack) answerDNS(w io.Writer, proto string, server netip.AddrPort, q []byte) bool {
+func (ns *netStack) answerDNS(w io.Writer, proto string, server netip.AddrPort, proc flows.Proc,
+	q []byte) bool {
 	ctx, cancel := context.WithTimeout(ns.ctx, dnsTimeout)
 	defer cancel()
 
-	ans, err := ns.cfg.DNS(ctx, proto, server, q)
+	ans, err := ns.cfg.DNS(ctx, proto, server, proc, q)
 	if err != nil || len(ans) == 0 {
 		ns.dropped.Add(1)
 		ns.log.Debug("DNS callback gave no answer", "server", server, "error", err)
@@ -85,6 +92,7 @@ func (ns *netStack) answerDNS(w io.Writer, proto string, server netip.AddrPort, 
 // serveDNSTCP accepts a TCP connection to port 53 and answers its
 // length-prefixed queries one after the other.
 func (ns *netStack) serveDNSTCP(req *tcp.ForwarderRequest, server netip.AddrPort) {
+	id := req.ID()
 	var wq waiter.Queue
 	ep, terr := req.CreateEndpoint(&wq)
 	if terr != nil {
@@ -103,6 +111,7 @@ func (ns *netStack) serveDNSTCP(req *tcp.ForwarderRequest, server netip.AddrPort
 	defer ns.unregisterService(f)
 	defer conn.Close()
 
+	proc := ns.procFor(unix.IPPROTO_TCP, addrPort(id.RemoteAddress, id.RemotePort), server)
 	var hdr [2]byte
 	for {
 		conn.SetReadDeadline(time.Now().Add(dnsIdle))
@@ -115,7 +124,7 @@ func (ns *netStack) serveDNSTCP(req *tcp.ForwarderRequest, server netip.AddrPort
 			return
 		}
 
-		if !ns.answerDNS(conn, "tcp", server, q) {
+		if !ns.answerDNS(conn, "tcp", server, proc, q) {
 			return
 		}
 	}

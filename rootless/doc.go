@@ -55,7 +55,8 @@
 //     eBPF backend gives EPERM); every failed host dial is a reset too,
 //     whatever its reason (the reason is in connect_result).
 //   - DNS flows (port 53 when Config.DNS is set) produce no connect events:
-//     the DNS callback reports them.
+//     the DNS callback reports them, with the process of the query's socket
+//     when the lookup finds it.
 //   - pid and comm of a flow are found through sock_diag and /proc/<pid>/fd
 //     of the tree, best effort: a socket closed before the lookup (a UDP
 //     socket closed right after its first datagram), or a tree beyond 256

@@ -14,7 +14,12 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/childflow/childflow/flows"
+	"github.com/childflow/childflow/sniff"
 )
+
+// maxSniff is how much of a flow's first bytes is searched for a server
+// name: a ClientHello without large extensions fits in it.
+const maxSniff = 512
 
 // flow is one TCP connection or UDP association of the command, from the
 // first packet to the flow_end event.
@@ -26,9 +31,15 @@ type flow struct {
 	proc   flows.Proc
 	names  []string
 	start  time.Time
+	// server is the server name in the first bytes the command sent (TCP
+	// only), set by the outbound relay before the flow ends.
+	server string
 
 	bytesOut, bytesIn, pktsOut, pktsIn atomic.Uint64
 	openAtExit                         atomic.Bool
+
+	// known is closed once proc is set and connect_attempt emitted.
+	known chan struct{}
 
 	mu     sync.Mutex
 	closer func()
@@ -36,16 +47,34 @@ type flow struct {
 }
 
 // newFlow describes a flow of the command from the local port of id to
-// remote (the host-side destination).
-func (ns *netStack) newFlow(proto string, remote netip.AddrPort, id stack.TransportEndpointID) *flow {
-	f := &flow{ns: ns, id: ns.nextID.Add(1), proto: proto, remote: remote, start: time.Now()}
-	f.proc = ns.procFor(ipProto(proto), addrPort(id.RemoteAddress, id.RemotePort),
-		addrPort(id.LocalAddress, id.LocalPort))
+// remote (the host-side destination). Its process is not known until
+// lookProc has run.
+func (ns *netStack) newFlow(proto string, remote netip.AddrPort) *flow {
+	f := &flow{ns: ns, id: ns.nextID.Add(1), proto: proto, remote: remote, start: time.Now(),
+		known: make(chan struct{})}
 	if ns.cfg.Names != nil {
 		f.names = ns.cfg.Names(remote.Addr())
 	}
 
 	return f
+}
+
+// lookProc finds the process of f's socket, from the local port of id to
+// the address the command asked, and emits connect_attempt (stamped with
+// the time of the attempt). It must run while the command's socket is
+// still open: for TCP, before the handshake completes.
+func (ns *netStack) lookProc(f *flow, id stack.TransportEndpointID) {
+	f.proc = ns.procFor(ipProto(f.proto), addrPort(id.RemoteAddress, id.RemotePort),
+		addrPort(id.LocalAddress, id.LocalPort))
+	ns.emitAttempt(f)
+	close(f.known)
+}
+
+// process waits for lookProc and returns the process of f. Every path of a
+// flow calls it before emitting anything after connect_attempt.
+func (f *flow) process() flows.Proc {
+	<-f.known
+	return f.proc
 }
 
 // register adds f to the open flows, with closer ending its relay. It fails
@@ -88,6 +117,23 @@ func (ns *netStack) unregisterService(f *flow) {
 	ns.mu.Unlock()
 }
 
+// sniff records the server name found in the first bytes the command sent
+// on the flow, looking at no more than maxSniff of them.
+func (f *flow) sniff(first []byte) {
+	name, _ := sniff.ServerName(first[:min(len(first), maxSniff)])
+
+	f.mu.Lock()
+	f.server = name
+	f.mu.Unlock()
+}
+
+func (f *flow) serverName() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	return f.server
+}
+
 // abort closes the flow's sockets; its relay then ends it.
 func (f *flow) abort() {
 	f.mu.Lock()
@@ -112,7 +158,8 @@ func (f *flow) end() {
 	f.ns.bytesOut.Add(f.bytesOut.Load())
 	f.ns.bytesIn.Add(f.bytesIn.Load())
 	f.ns.emit(&flows.FlowEnd{
-		Remote: remoteOf(f.proto, f.remote), Proc: f.proc, Names: flows.Names{Names: f.names},
+		Remote: remoteOf(f.proto, f.remote), Proc: f.proc,
+		Names:  flows.Names{Names: f.names, ServerName: f.serverName()},
 		FlowID: f.id, BytesOut: f.bytesOut.Load(), BytesIn: f.bytesIn.Load(),
 		PacketsOut: f.pktsOut.Load(), PacketsIn: f.pktsIn.Load(),
 		DurationMs: time.Since(f.start).Milliseconds(), OpenAtExit: f.openAtExit.Load(),
@@ -131,10 +178,12 @@ func (ns *netStack) emit(ev flows.Event) {
 }
 
 func (ns *netStack) emitAttempt(f *flow) {
-	ns.emit(&flows.ConnectAttempt{
+	ev := &flows.ConnectAttempt{
 		Remote: remoteOf(f.proto, f.remote), Proc: f.proc, Names: flows.Names{Names: f.names},
 		FlowID: f.id, Backend: Backend,
-	})
+	}
+	flows.Stamp(ev, f.start)
+	ns.emit(ev)
 }
 
 // emitResult emits connect_result: ok when reason is empty, else error.

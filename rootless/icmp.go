@@ -123,7 +123,7 @@ func (ns *netStack) answerEcho(e echo) bool {
 	if e.dst.Is6() {
 		proto = "icmpv6"
 	}
-	if ns.cfg.Check != nil && !ns.cfg.Check(proto, host, flows.Proc{}) {
+	if ns.cfg.Check != nil && !ns.cfg.Check(proto, host, noProc) {
 		ns.denied.Add(1)
 		ns.deniedPkts.Add(1)
 		return true

@@ -63,6 +63,9 @@ func (ns *netStack) procFor(proto int, local, remote netip.AddrPort) flows.Proc 
 	return p
 }
 
+// noProc is the process of flows that are not looked up.
+func noProc() flows.Proc { return flows.Proc{} }
+
 func procOf(pid int) flows.Proc {
 	comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 	return flows.Proc{Pid: uint32(pid), Comm: strings.TrimSpace(string(comm))}

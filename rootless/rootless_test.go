@@ -300,6 +300,10 @@ func TestFlowEvents(t *testing.T) {
 	if end.BytesOut == 0 || end.BytesIn == 0 || end.PacketsOut == 0 || end.PacketsIn == 0 {
 		t.Errorf("got flow_end %+v, want bytes and packets both ways", end)
 	}
+	// The request's Host header names the gateway.
+	if end.ServerName != rootless.Gateway4.String() {
+		t.Errorf("got flow_end server_name %q, want %q", end.ServerName, rootless.Gateway4)
+	}
 	if res.Stats.Flows != 1 || res.Stats.BytesIn != end.BytesIn {
 		t.Errorf("got stats %+v, want 1 flow and %d bytes in", res.Stats, end.BytesIn)
 	}
@@ -343,11 +347,13 @@ type dnsAnswerer struct {
 	name string
 	ip   net.IP
 
-	mu   sync.Mutex
-	seen []string
+	mu    sync.Mutex
+	seen  []string
+	procs []flows.Proc
 }
 
-func (d *dnsAnswerer) answer(_ context.Context, proto string, server netip.AddrPort, q []byte) ([]byte, error) {
+func (d *dnsAnswerer) answer(_ context.Context, proto string, server netip.AddrPort, proc flows.Proc,
+	q []byte) ([]byte, error) {
 	req := new(mdns.Msg)
 	if err := req.Unpack(q); err != nil {
 		return nil, err
@@ -355,6 +361,7 @@ func (d *dnsAnswerer) answer(_ context.Context, proto string, server netip.AddrP
 
 	d.mu.Lock()
 	d.seen = append(d.seen, proto+" "+server.String()+" "+req.Question[0].Name)
+	d.procs = append(d.procs, proc)
 	d.mu.Unlock()
 
 	resp := new(mdns.Msg)
@@ -384,6 +391,19 @@ func TestDNSCallback(t *testing.T) {
 	if len(d.seen) == 0 || d.seen[0] != want {
 		t.Errorf("got queries %q, want the first %q", d.seen, want)
 	}
+	checkQueryProcs(t, d.procs)
+}
+
+// checkQueryProcs checks that every query came with the helper's process.
+func checkQueryProcs(t *testing.T, procs []flows.Proc) {
+	t.Helper()
+
+	self := filepath.Base(os.Args[0])
+	for i, p := range procs {
+		if p.Pid == 0 || !strings.HasPrefix(self, p.Comm) || p.Comm == "" {
+			t.Errorf("got query %d from process %+v, want a pid and comm %q", i, p, self)
+		}
+	}
 }
 
 func TestDNSCallbackTCP(t *testing.T) {
@@ -402,6 +422,7 @@ func TestDNSCallbackTCP(t *testing.T) {
 	if len(d.seen) != 1 || d.seen[0] != want {
 		t.Errorf("got queries %q, want [%q]", d.seen, want)
 	}
+	checkQueryProcs(t, d.procs)
 }
 
 func TestDNSCallbackGlibc(t *testing.T) {

@@ -60,21 +60,25 @@ type Config struct {
 	// MTU of the tap; 0 means DefaultMTU.
 	MTU int
 	// Check decides whether a new flow to dst may proceed (proto "tcp",
-	// "udp", "icmpv4" or "icmpv6"); proc is the process behind it when the
-	// lookup found it (always empty for ICMP). False denies it: TCP gets a
-	// reset, datagrams are dropped and counted in Stats.DeniedPackets. The
-	// callback emits the policy_violation itself. Nil allows everything.
-	Check func(proto string, dst netip.AddrPort, proc flows.Proc) bool
+	// "udp", "icmpv4" or "icmpv6"). proc returns the process behind it when
+	// the lookup found it (always empty for ICMP); it may wait for the
+	// lookup, so call it only when needed (for a violation). False denies
+	// the flow: TCP gets a reset, datagrams are dropped and counted in
+	// Stats.DeniedPackets. The callback emits the policy_violation itself.
+	// Nil allows everything.
+	Check func(proto string, dst netip.AddrPort, proc func() flows.Proc) bool
 	// DialTCP opens the host side of an allowed TCP flow (directly or via a
 	// proxy). Nil means a net.Dialer.
 	DialTCP func(ctx context.Context, dst netip.AddrPort) (net.Conn, error)
 	// DNS answers the command's DNS queries (proto "udp" or "tcp"; server
-	// is the address the command asked, query and answer are DNS messages
-	// without the TCP length prefix). When set, every flow to port 53 goes
-	// here instead of being checked and dialled, and resolv.conf names the
-	// gateway. When nil, port 53 is an ordinary destination and the host's
-	// resolv.conf is left in place.
-	DNS func(ctx context.Context, proto string, server netip.AddrPort, query []byte) ([]byte, error)
+	// is the address the command asked; proc is the process of the query's
+	// socket when the lookup found it, else empty; query and answer are DNS
+	// messages without the TCP length prefix). When set, every flow to port
+	// 53 goes here instead of being checked and dialled, and resolv.conf
+	// names the gateway. When nil, port 53 is an ordinary destination and
+	// the host's resolv.conf is left in place.
+	DNS func(ctx context.Context, proto string, server netip.AddrPort, proc flows.Proc,
+		query []byte) ([]byte, error)
 	// Sink receives connect_attempt, connect_result and flow_end events.
 	Sink flows.Sink
 	// Capture receives every Ethernet frame at the tap, both directions.

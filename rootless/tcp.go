@@ -27,6 +27,10 @@ var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); ret
 // each SYN: check, dial from the host, then complete the handshake with the
 // command and splice. The command's connect succeeds only once the host's
 // did; a denied or failed connect is answered with a reset.
+//
+// The process lookup runs alongside the check and the dial (the command's
+// socket waits in connect meanwhile); only a violation waits for it, and
+// the handshake completes only once it is done.
 func (ns *netStack) handleTCP(req *tcp.ForwarderRequest) {
 	id := req.ID()
 	asked := addrPort(id.LocalAddress, id.LocalPort)
@@ -36,15 +40,15 @@ func (ns *netStack) handleTCP(req *tcp.ForwarderRequest) {
 	}
 
 	dst, reachable := ns.target(asked)
-	f := ns.newFlow("tcp", dst, id)
-	ns.emitAttempt(f)
+	f := ns.newFlow("tcp", dst)
+	go ns.lookProc(f, id)
 
 	switch {
 	case !reachable:
 		ns.failed.Add(1)
 		ns.refuse(req, f, reasonRefused)
 		return
-	case ns.cfg.Check != nil && !ns.cfg.Check("tcp", dst, f.proc):
+	case ns.cfg.Check != nil && !ns.cfg.Check("tcp", dst, f.process):
 		ns.denied.Add(1)
 		ns.refuse(req, f, reasonDenied)
 		return
@@ -57,10 +61,12 @@ func (ns *netStack) handleTCP(req *tcp.ForwarderRequest) {
 		return
 	}
 
+	f.process()
 	ns.accept(req, f, conn)
 }
 
 func (ns *netStack) refuse(req *tcp.ForwarderRequest, f *flow, reason string) {
+	f.process()
 	req.Complete(true)
 	ns.emitResult(f, reason)
 }
@@ -110,11 +116,11 @@ func (ns *netStack) splice(f *flow, ep tcpip.Endpoint, inner *gonet.TCPConn, out
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		relay(outer, inner, &f.bytesOut, func() { inner.Close(); outer.Close() })
+		relay(outer, inner, &f.bytesOut, f.sniff, func() { inner.Close(); outer.Close() })
 	}()
 	go func() {
 		defer wg.Done()
-		relay(inner, outer, &f.bytesIn, func() { inner.Close(); outer.Close() })
+		relay(inner, outer, &f.bytesIn, nil, func() { inner.Close(); outer.Close() })
 	}()
 	wg.Wait()
 
@@ -132,9 +138,11 @@ type counter interface{ Add(uint64) uint64 }
 type closeWriter interface{ CloseWrite() error }
 
 // relay copies src to dst with a large buffer (never through ReadFrom or
-// WriteTo, whose small buffers cap throughput), counting bytes. At EOF it
-// half-closes dst; on an error it calls fail.
-func relay(dst io.Writer, src io.Reader, n counter, fail func()) {
+// WriteTo, whose small buffers cap throughput), counting bytes. The first
+// chunk read goes to first (when not nil) once it has been written, so that
+// looking at it does not delay it. At EOF relay half-closes dst; on an error
+// it calls fail.
+func relay(dst io.Writer, src io.Reader, n counter, first func([]byte), fail func()) {
 	bp := relayBufs.Get().(*[]byte)
 	defer relayBufs.Put(bp)
 
@@ -147,6 +155,11 @@ func relay(dst io.Writer, src io.Reader, n counter, fail func()) {
 			if werr != nil {
 				fail()
 				return
+			}
+
+			if first != nil {
+				first(buf[:r])
+				first = nil
 			}
 		}
 

@@ -45,8 +45,9 @@ func (ns *netStack) handleUDP(id stack.TransportEndpointID, pkt *stack.PacketBuf
 
 	// The sender may close its socket right after this datagram: look its
 	// process up now, before anything slower.
-	f := ns.newFlow("udp", dst, id)
-	if ns.cfg.Check != nil && !ns.cfg.Check("udp", dst, f.proc) {
+	f := ns.newFlow("udp", dst)
+	ns.lookProc(f, id)
+	if ns.cfg.Check != nil && !ns.cfg.Check("udp", dst, f.process) {
 		ns.denyUDP(id, f)
 		return true
 	}
@@ -92,7 +93,6 @@ func (ns *netStack) denyUDP(id stack.TransportEndpointID, f *flow) {
 	ns.udpDenied[id] = time.Now()
 	ns.mu.Unlock()
 
-	ns.emitAttempt(f)
 	ns.emitResult(f, reasonDenied)
 }
 
@@ -116,8 +116,6 @@ func (ns *netStack) udpEndpoint(id stack.TransportEndpointID, pkt *stack.PacketB
 func (ns *netStack) relayUDP(f *flow, inner *gonet.UDPConn) {
 	defer f.end()
 	defer inner.Close()
-
-	ns.emitAttempt(f)
 
 	var d net.Dialer
 	outer, err := d.DialContext(ns.ctx, "udp", f.remote.String())

@@ -152,7 +152,7 @@ func (r *rootlessRun) config() rootless.Config {
 
 // check applies the policy to a new flow of the namespace and reports a
 // violation, exactly as the eBPF programs do.
-func (r *rootlessRun) check(proto string, dst netip.AddrPort, proc flows.Proc) bool {
+func (r *rootlessRun) check(proto string, dst netip.AddrPort, proc func() flows.Proc) bool {
 	p := r.o.Policy
 	if p == nil {
 		return true
@@ -168,7 +168,7 @@ func (r *rootlessRun) check(proto string, dst netip.AddrPort, proc flows.Proc) b
 		return true
 	}
 	if ev := v.Violation(proto, dst, names); ev != nil {
-		ev.Proc = proc
+		ev.Proc = proc()
 		ev.Count = 1
 		r.viol.add(ev)
 		r.out.sink.Emit(ev)
@@ -227,8 +227,10 @@ func (r *rootlessRun) finish(res *Result) {
 }
 
 // exchange sends one DNS message of the namespace to the forwarder over
-// loopback, after telling the forwarder which server the program asked.
-func (s *services) exchange(ctx context.Context, proto string, server netip.AddrPort, query []byte) ([]byte, error) {
+// loopback, after telling the forwarder which server the program asked and
+// which process asked it.
+func (s *services) exchange(ctx context.Context, proto string, server netip.AddrPort, proc flows.Proc,
+	query []byte) ([]byte, error) {
 	addrs := s.fwd.Addrs()
 	if len(addrs) == 0 {
 		return nil, errors.New("dns forwarder has no address")
@@ -250,7 +252,8 @@ func (s *services) exchange(ctx context.Context, proto string, server netip.Addr
 	}
 
 	local := netip.MustParseAddrPort(c.LocalAddr().String())
-	s.rootlessClients.Store(clientKey{local.Port(), network}, dns.ClientInfo{Server: server})
+	s.rootlessClients.Store(clientKey{local.Port(), network}, dns.ClientInfo{Server: server,
+		Pid: proc.Pid, Comm: proc.Comm})
 	defer s.rootlessClients.Delete(clientKey{local.Port(), network})
 
 	if network == "udp" {
