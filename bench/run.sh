@@ -68,7 +68,7 @@ echo "50-rule policy: throughput ratio $(ratio $tp_pol $tp_bare), connection-rat
 	"(goal: within 5% of the ratios without a policy)"
 
 echo
-/usr/bin/time -f "%M" -o "$work/rss" "$bin" trace --quiet -c "$work/big.pcapng" --capture-buffer 64 -- "$lg" send $addr 1000000000 >/dev/null
+/usr/bin/time -f "%M" -o "$work/rss" "$bin" trace --quiet -c "$work/big.pcapng" -- "$lg" send $addr 1000000000 >/dev/null
 echo "peak RSS of childflow capturing a 1 GB transfer: $(( $(cat "$work/rss") / 1024 )) MB (goal < 60 MB)," \
 	"capture $(du -m "$work/big.pcapng" | cut -f1) MB"
 

@@ -12,8 +12,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-
-	"github.com/childflow/childflow/flows"
 )
 
 // pingTimeout bounds the wait for a host's echo reply.

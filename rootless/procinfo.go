@@ -103,19 +103,19 @@ func children(pid int) []int {
 	return out
 }
 
+// holds reports whether one of the first maxFDs descriptors of pid links to
+// target. The names are read unsorted: this runs for every new flow.
 func holds(pid int, target string) bool {
-	dir := fmt.Sprintf("/proc/%d/fd", pid)
-	fds, err := os.ReadDir(dir)
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd"
+	d, err := os.Open(dir)
 	if err != nil {
 		return false
 	}
+	fds, _ := d.Readdirnames(maxFDs)
+	d.Close()
 
-	for i, fd := range fds {
-		if i >= maxFDs {
-			return false
-		}
-
-		if l, err := os.Readlink(dir + "/" + fd.Name()); err == nil && l == target {
+	for _, fd := range fds {
+		if l, err := os.Readlink(dir + "/" + fd); err == nil && l == target {
 			return true
 		}
 	}

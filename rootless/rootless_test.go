@@ -205,10 +205,10 @@ func TestDeniedConnect(t *testing.T) {
 	cfg := rootless.Config{
 		HostLoopback: true,
 		Sink:         sink,
-		Check: func(proto string, dst netip.AddrPort, proc flows.Proc) bool {
+		Check: func(proto string, dst netip.AddrPort, proc func() flows.Proc) bool {
 			mu.Lock()
 			checked = append(checked, proto+" "+dst.String())
-			procs = append(procs, proc)
+			procs = append(procs, proc())
 			mu.Unlock()
 			return false
 		},
@@ -633,7 +633,7 @@ func TestPing(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var checked atomic.Int64
-			check := func(proto string, dst netip.AddrPort, _ flows.Proc) bool {
+			check := func(proto string, dst netip.AddrPort, _ func() flows.Proc) bool {
 				if proto == "icmpv4" && dst.Addr() == netip.MustParseAddr("127.0.0.1") {
 					checked.Add(1)
 				}

@@ -174,7 +174,7 @@ func TestUnsupportedProtocolCounted(t *testing.T) {
 	requireRootless(t)
 	var checks atomic.Int64
 	cfg := rootless.Config{HostLoopback: true,
-		Check: func(string, netip.AddrPort, flows.Proc) bool { checks.Add(1); return true }}
+		Check: func(string, netip.AddrPort, func() flows.Proc) bool { checks.Add(1); return true }}
 
 	// The gateway addresses are the namespace's own: nothing can leave.
 	res, out := run(t, cfg, "rawproto", rootless.Gateway4.String(), rootless.Gateway6.String())
