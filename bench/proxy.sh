@@ -11,7 +11,7 @@ bytes=${BENCH_BYTES:-2000000000}
 hold=${BENCH_HOLD:-1000}
 backend=${BENCH_BACKEND:-ebpf}
 work=$(mktemp -d)
-trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 go build -o "$work/loadgen" ./bench/loadgen
 go build -o "$work/proxybench" ./bench/proxybench
 lg="$work/loadgen"

@@ -13,7 +13,7 @@ runs=${BENCH_RUNS:-3}
 bytes=${BENCH_BYTES:-2000000000}
 conns=${BENCH_CONNS:-1000}
 work=$(mktemp -d)
-trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 go build -o "$work/loadgen" ./bench/loadgen
 lg="$work/loadgen"

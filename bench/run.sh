@@ -5,7 +5,7 @@ set -eu
 bin=$(realpath "${1:-bin/childflow}")
 runs=${BENCH_RUNS:-5}
 work=$(mktemp -d)
-trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $(cat "$work"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$work"' EXIT
 go build -o "$work/loadgen" ./bench/loadgen
 lg="$work/loadgen"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

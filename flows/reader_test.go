@@ -140,7 +140,7 @@ func TestRecordOfMatchesWrittenLine(t *testing.T) {
 	var buf bytes.Buffer
 	w := NewWriter(&buf)
 	w.Emit(ev)
-	if err := w.Err(); err != nil {
+	if err := w.Close(); err != nil {
 		t.Fatalf("write: %v", err)
 	}
 	recs, _, bad := collect(t, buf.String())

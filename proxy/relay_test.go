@@ -118,6 +118,9 @@ func (e *events) Emit(ev flows.Event) { e.w.Emit(ev) }
 func (e *events) lines(t testing.TB) (string, []map[string]any) {
 	t.Helper()
 
+	if err := e.w.Flush(); err != nil {
+		t.Fatalf("flush events: %v", err)
+	}
 	e.mu.Lock()
 	raw := e.buf.String()
 	e.mu.Unlock()

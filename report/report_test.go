@@ -125,7 +125,7 @@ func writeLog(t *testing.T, evs []flows.Event) []byte {
 	for _, ev := range evs {
 		w.Emit(ev)
 	}
-	if err := w.Err(); err != nil {
+	if err := w.Close(); err != nil {
 		t.Fatalf("write log: %v", err)
 	}
 

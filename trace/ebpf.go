@@ -364,20 +364,8 @@ func (r *ebpfRun) finish(t *loader.Tracer, res *Result) {
 	r.emitLoss("clients", loss.Clients, "redirected sockets not indexed: the client table was full")
 	if r.out.capture != nil {
 		r.out.capture.AddDropped(0, loss.Packets)
-		st := r.out.capture.Stats()
-		res.CapturePackets, res.CaptureLost = st.Packets, st.Dropped
 	}
-
-	r.viol.mu.Lock()
-	res.Violations, res.FirstViolation = r.viol.count, r.viol.first
-	r.viol.mu.Unlock()
-
-	r.svc.report(r.out.sink, res)
-	r.out.sink.Emit(&flows.RunEnd{ExitCode: res.ExitCode, Signal: res.Signal,
-		DurationMs: res.Duration.Milliseconds()})
-	if r.out.flowLog != nil {
-		res.FlowLogEvents = r.out.flowLog.Count()
-	}
+	endRun(r.out, r.svc, &r.viol, res)
 }
 
 func (r *ebpfRun) emitLoss(source string, n uint64, detail string) {

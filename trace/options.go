@@ -94,5 +94,6 @@ type Result struct {
 	CapturePackets uint64
 	CaptureLost    uint64
 	FlowLogEvents  uint64
+	FlowLogDropped uint64 // events that could not be written
 	Warnings       []string
 }

@@ -210,20 +210,7 @@ func (r *rootlessRun) wait(ctx context.Context, sess *rootless.Session) *rootles
 }
 
 func (r *rootlessRun) finish(res *Result) {
-	if r.out.capture != nil {
-		st := r.out.capture.Stats()
-		res.CapturePackets, res.CaptureLost = st.Packets, st.Dropped
-	}
-	r.viol.mu.Lock()
-	res.Violations, res.FirstViolation = r.viol.count, r.viol.first
-	r.viol.mu.Unlock()
-
-	r.svc.report(r.out.sink, res)
-	r.out.sink.Emit(&flows.RunEnd{ExitCode: res.ExitCode, Signal: res.Signal,
-		DurationMs: res.Duration.Milliseconds()})
-	if r.out.flowLog != nil {
-		res.FlowLogEvents = r.out.flowLog.Count()
-	}
+	endRun(r.out, r.svc, &r.viol, res)
 }
 
 // exchange sends one DNS message of the namespace to the forwarder over

@@ -107,7 +107,7 @@ func (out *outputs) close() error {
 		out.capFile = nil
 	}
 	if out.flowLog != nil {
-		errs = append(errs, out.flowLog.Err())
+		errs = append(errs, out.flowLog.Close())
 	}
 	if out.flowFile != nil {
 		errs = append(errs, out.flowFile.Close())
@@ -164,5 +164,25 @@ func rawIface() capture.Interface {
 		Name:        "childflow",
 		Description: "packets of the traced command tree's sockets, from the IP header (ebpf)",
 		LinkType:    capture.LinkTypeRaw,
+	}
+}
+
+// endRun fills the result's counts and writes the services' losses and the
+// run_end line: the last steps of every backend.
+func endRun(out *outputs, svc *services, viol *violations, res *Result) {
+	if out.capture != nil {
+		st := out.capture.Stats()
+		res.CapturePackets, res.CaptureLost = st.Packets, st.Dropped
+	}
+	viol.mu.Lock()
+	res.Violations, res.FirstViolation = viol.count, viol.first
+	viol.mu.Unlock()
+
+	svc.report(out.sink, res)
+	out.sink.Emit(&flows.RunEnd{ExitCode: res.ExitCode, Signal: res.Signal,
+		DurationMs: res.Duration.Milliseconds()})
+	if out.flowLog != nil {
+		res.FlowLogEvents = out.flowLog.Count()
+		res.FlowLogDropped = out.flowLog.Dropped()
 	}
 }

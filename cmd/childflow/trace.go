@@ -304,7 +304,8 @@ func (s *settings) writeSummary(c *cli.Context, o *trace.Options, res *trace.Res
 			Packets: res.CapturePackets, Lost: res.CaptureLost}
 	}
 	if o.FlowLogPath != "" {
-		sum.FlowLog = &report.FlowLogStatus{Path: o.FlowLogPath, Events: res.FlowLogEvents}
+		sum.FlowLog = &report.FlowLogStatus{Path: o.FlowLogPath, Events: res.FlowLogEvents,
+			Dropped: res.FlowLogDropped}
 	}
 
 	f, _ := report.ParseFormat(format)
