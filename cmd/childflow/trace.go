@@ -40,12 +40,20 @@ func traceAction(c *cli.Context) error {
 		s.notice(stderr, w)
 	}
 
-	agg := report.NewAggregator()
-	sinks := flows.Tee{agg}
+	// The summary's report is built live, only when a summary is wanted:
+	// it costs a JSON round trip per event.
+	var agg *report.Aggregator
+	var sinks flows.Tee
+	if s.wantsSummary() {
+		agg = report.NewAggregator()
+		sinks = append(sinks, agg)
+	}
 	if live := newLiveView(stderr, s.quiet); live != nil {
 		sinks = append(sinks, live)
 	}
-	o.Sink = sinks
+	if len(sinks) > 0 {
+		o.Sink = sinks
+	}
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
@@ -60,7 +68,7 @@ func traceAction(c *cli.Context) error {
 	for _, w := range res.Warnings {
 		s.notice(stderr, w)
 	}
-	if err := s.writeSummary(c, o, res, agg.Report()); err != nil {
+	if err := s.writeSummary(c, o, res, agg); err != nil {
 		fmt.Fprintf(stderr, "childflow: write summary: %v\n", err)
 	}
 
@@ -277,15 +285,27 @@ func parseDNS(v string) (netip.AddrPort, error) {
 		"such as 1.1.1.1, 1.1.1.1:5353 or [2606:4700::1111]:53", v)
 }
 
-func (s *settings) writeSummary(c *cli.Context, o *trace.Options, res *trace.Result, rep *report.Report) error {
-	file := s.summaryFile
-	format := s.summaryFormat
-	if file == "" && os.Getenv("GITHUB_STEP_SUMMARY") != "" && s.summary {
-		file = os.Getenv("GITHUB_STEP_SUMMARY")
+// wantsSummary tells whether the run prints or writes a summary.
+func (s *settings) wantsSummary() bool { return s.summary || s.summaryFile != "" }
+
+// summaryPath is the file that receives the markdown summary, if any:
+// --summary-file, or $GITHUB_STEP_SUMMARY with --summary.
+func (s *settings) summaryPath() string {
+	if s.summaryFile == "" && s.summary {
+		return os.Getenv("GITHUB_STEP_SUMMARY")
 	}
-	if !s.summary && file == "" {
+
+	return s.summaryFile
+}
+
+func (s *settings) writeSummary(c *cli.Context, o *trace.Options, res *trace.Result,
+	agg *report.Aggregator) error {
+	if agg == nil {
 		return nil
 	}
+	file := s.summaryPath()
+	format := s.summaryFormat
+	rep := agg.Report()
 
 	sum := &report.Summary{
 		Backend:    res.Backend,
