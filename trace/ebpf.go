@@ -67,21 +67,9 @@ func runEBPF(ctx context.Context, o *Options) (*Result, error) {
 		return nil, err
 	}
 	r := &ebpfRun{o: o, out: out, start: time.Now()}
-	defer out.close()
-
 	res, err := r.run(ctx, path, cred)
-	if err != nil {
-		var f *Failure
-		if errors.As(err, &f) {
-			emitFailure(out.sink, f.Phase, f.Reason, f.Err)
-		}
-		return res, err
-	}
-	if err := out.close(); err != nil {
-		return res, &Failure{Phase: flows.PhaseRun, Reason: "output_write", Err: err}
-	}
 
-	return res, nil
+	return complete(out, res, err)
 }
 
 func credential(o *Options) (*syscall.Credential, error) {

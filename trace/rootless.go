@@ -53,22 +53,10 @@ func runRootless(ctx context.Context, o *Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer out.close()
-
 	r := &rootlessRun{o: o, out: out, start: time.Now()}
 	res, err := r.run(ctx)
-	if err != nil {
-		var f *Failure
-		if errors.As(err, &f) {
-			emitFailure(out.sink, f.Phase, f.Reason, f.Err)
-		}
-		return res, err
-	}
-	if err := out.close(); err != nil {
-		return res, &Failure{Phase: flows.PhaseRun, Reason: "output_write", Err: err}
-	}
 
-	return res, nil
+	return complete(out, res, err)
 }
 
 func (r *rootlessRun) run(ctx context.Context) (*Result, error) {

@@ -150,6 +150,20 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 }
 
+// complete ends a backend's run: a failure is recorded in the flow log, and
+// the outputs are closed in every case; failing to complete them fails the run.
+func complete(out *outputs, res *Result, err error) (*Result, error) {
+	var f *Failure
+	if errors.As(err, &f) {
+		emitFailure(out.sink, f.Phase, f.Reason, f.Err)
+	}
+	if cerr := out.close(); cerr != nil && err == nil {
+		err = &Failure{Phase: flows.PhaseRun, Reason: "output_write", Err: cerr}
+	}
+
+	return res, err
+}
+
 // emitFailure writes a runtime_failure event.
 func emitFailure(sink flows.Sink, phase, reason string, err error) {
 	if sink == nil {
