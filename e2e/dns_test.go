@@ -1,9 +1,6 @@
 package e2e
 
 import (
-	"bytes"
-	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -129,53 +126,12 @@ func (w *dnsWorld) run(t *testing.T, b backendCase, args []string, script string
 	}
 	r := run{args: args,
 		command: []string{"sh", "-c", script}, flowLog: true, timeout: 90 * time.Second}.with(b)
-	var res *result
-	if r.unprivileged {
-		res = w.doUnprivileged(t, r)
-	} else {
-		r.ns = w.ns.Name
-		res = r.do(t)
-	}
+	r.ns = w.ns.Name
+	res := r.do(t)
 	t.Logf("stdout:\n%s", res.stdout)
 	if q := w.decoyQueries(); len(q) > 0 {
 		t.Errorf("queries escaped the forwarder and reached a decoy: %+v", q)
 	}
-
-	return res
-}
-
-// doUnprivileged runs r inside the namespace as testenv.Nobody: nsenter
-// enters it as root, then switches users.
-func (w *dnsWorld) doUnprivileged(t *testing.T, r run) *result {
-	t.Helper()
-	testenv.RequireUnprivilegedUserNS(t)
-	testenv.OpenTunForAll(t)
-	dir := r.tempDir(t)
-	args := append([]string{"trace", "--backend", r.backend}, r.args...)
-	args = append(args, "--flow-log", filepath.Join(dir, "flows.jsonl"), "--")
-	args = append(args, r.command...)
-
-	ctx, cancel := context.WithTimeout(t.Context(), r.timeout)
-	defer cancel()
-	nobody := fmt.Sprint(testenv.Nobody)
-	full := append([]string{"--net=" + w.ns.Path(), "-S", nobody, "-G", nobody, "--", binary(t)}, args...)
-	cmd := exec.CommandContext(ctx, "nsenter", full...)
-	cmd.Dir = dir
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	res := &result{stdout: stdout.String(), stderr: stderr.String(), dir: dir}
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		res.code = ee.ExitCode()
-	case err != nil:
-		t.Fatalf("run childflow %v: %v", args, err)
-	}
-	if ctx.Err() != nil {
-		t.Fatalf("childflow did not finish within %s; stderr:\n%s", r.timeout, res.stderr)
-	}
-	res.log = readLog(t, filepath.Join(dir, "flows.jsonl"))
 
 	return res
 }
