@@ -19,7 +19,7 @@ func traceFlags() []cli.Flag {
 		&cli.StringFlag{Name: "capture", Aliases: []string{"c", "w"}, Category: catOutput,
 			Usage: "write the tree's packets to `FILE` (pcapng, with the process of each packet)"},
 		&cli.StringFlag{Name: "capture-point", Aliases: []string{"C"}, Category: catOutput, Value: "child",
-			Usage: "where to capture: child (the tree's sockets); egress, wire-egress and both are rootless-only views"},
+			Usage: "child (the tree's own packets); egress, wire-egress and both (childflow 0.8's host views) write the child view"},
 		&cli.UintFlag{Name: "snaplen", Category: catOutput, DefaultText: "whole packets",
 			Usage: "keep at most `N` bytes of each packet"},
 		&cli.UintFlag{Name: "capture-buffer", Category: catOutput, Value: 8,

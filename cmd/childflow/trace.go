@@ -215,12 +215,11 @@ func (s *settings) checkCapturePoint() error {
 	case "", "child":
 		return nil
 	case "egress", "wire-egress", "both":
-		if s.backend == "ebpf" {
-			return usagef("--capture-point %s is not available on the eBPF backend, "+
-				"which captures the tree's own sockets (use --capture-point child)", s.capturePoint)
-		}
-		s.notices = append(s.notices, fmt.Sprintf(
-			"--capture-point %s: capturing the tree's own packets (child view)", s.capturePoint))
+		// childflow 0.8's views of a host interface: accepted so that its
+		// scripts run unchanged, with the tree's own packets written.
+		s.notices = append(s.notices, fmt.Sprintf("--capture-point %s: childflow captures "+
+			"the tree's own packets (the child view); host-interface views are not available",
+			s.capturePoint))
 		return nil
 	}
 
