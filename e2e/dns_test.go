@@ -187,10 +187,9 @@ func main() {
 func goResolver(t *testing.T) string {
 	t.Helper()
 	goResolverOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "childflow-goresolve-")
-		if err == nil {
-			err = os.Chmod(dir, 0o755)
-		}
+		// Beside the childflow binary, whose directory TestMain removes.
+		dir := filepath.Join(filepath.Dir(binary(t)), "goresolve-src")
+		err := os.Mkdir(dir, 0o755)
 		if err == nil {
 			err = os.WriteFile(filepath.Join(dir, "main.go"), []byte(goResolverSrc), 0o644)
 		}
