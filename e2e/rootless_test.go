@@ -19,6 +19,9 @@ func doctorAuto(t *testing.T, b backendCase) (auto, verdict string) {
 	cmd := exec.Command(binary(t), "doctor", "--format", "json")
 	cmd.Dir = "/"
 	if b.unprivileged {
+		// What an unprivileged run needs, as the harness sets it up.
+		testenv.RequireUnprivilegedUserNS(t)
+		testenv.OpenTunForAll(t)
 		testenv.AsNobody(cmd)
 	}
 	out, err := cmd.Output()
