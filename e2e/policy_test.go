@@ -350,9 +350,11 @@ func (pn *policyNet) checkAttemptViolation(t *testing.T, c policyControl, fi int
 			want.count = 1
 		}
 		if !pn.e.exactPid {
-			// Attributed or not; when attributed, to the host's pid.
+			// Attributed or not; when attributed, to the host's pid. The
+			// name is read from /proc after the pid, and a process that
+			// exits in between keeps its pid without a name.
 			want.pid, want.comm = int(num(v, "pid")), ""
-			if want.pid != 0 {
+			if want.pid != 0 && str(v, "comm") != "" {
 				want.comm = "python3"
 			}
 		}
