@@ -27,8 +27,10 @@ func RequireUnprivilegedUserNS(t testing.TB) {
 	}
 }
 
-// OpenTunForAll makes /dev/net/tun usable by every user, as most
-// distributions ship it, for the duration of the test.
+// OpenTunForAll makes /dev/net/tun usable by every user (mode 0666), as
+// most distributions ship it. It leaves the mode so: test packages run in
+// parallel processes, and one restoring 0600 while another's unprivileged
+// run opens the device made those runs fail at random.
 func OpenTunForAll(t testing.TB) {
 	t.Helper()
 	const tun = "/dev/net/tun"
@@ -46,7 +48,6 @@ func OpenTunForAll(t testing.TB) {
 	if err := os.Chmod(tun, mode|0o066); err != nil {
 		Skip(t, "cannot open "+tun+" to all users: "+err.Error())
 	}
-	t.Cleanup(func() { os.Chmod(tun, mode) })
 }
 
 // CopyExecutable copies the running test binary to a temporary directory
