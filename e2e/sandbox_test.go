@@ -61,25 +61,7 @@ echo "var=${CHILDFLOW_SANDBOX-unset}"`
 func TestSandboxExitCodes(t *testing.T) {
 	requireEBPF(t)
 	hosts := writeSandboxHosts(t)
-	for _, tc := range []struct {
-		name    string
-		command []string
-		want    int
-	}{
-		{"ok", []string{"true"}, 0},
-		{"three", []string{"sh", "-c", "exit 3"}, 3},
-		{"not found", []string{"childflow-no-such-command"}, 127},
-		{"sigint", []string{"sh", "-c", "kill -INT $$"}, 130},
-		{"sigterm", []string{"sh", "-c", "kill -TERM $$"}, 143},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			res := run{args: []string{"--backend", "ebpf", "--hosts-file", hosts},
-				command: tc.command}.do(t)
-			if res.code != tc.want {
-				t.Errorf("exit code %d, want %d; stderr:\n%s", res.code, tc.want, res.stderr)
-			}
-		})
-	}
+	checkExitCodes(t, run{args: []string{"--backend", "ebpf", "--hosts-file", hosts}})
 }
 
 // TestSandboxSudoUser runs childflow as if under sudo: the init mounts the

@@ -396,27 +396,37 @@ func TestOtherProcessesInvisible(t *testing.T) {
 	})
 }
 
+// exitCases are commands and the exit code childflow must end with.
+var exitCases = []struct {
+	name    string
+	command []string
+	want    int
+}{
+	{"ok", []string{"true"}, 0},
+	{"three", []string{"sh", "-c", "exit 3"}, 3},
+	{"not found", []string{"childflow-no-such-command"}, 127},
+	{"sigint", []string{"sh", "-c", "kill -INT $$"}, 130},
+	{"sigterm", []string{"sh", "-c", "kill -TERM $$"}, 143},
+}
+
+// checkExitCodes runs every exit case as r and checks childflow's code.
+func checkExitCodes(t *testing.T, r run) {
+	t.Helper()
+	for _, tc := range exitCases {
+		t.Run(tc.name, func(t *testing.T) {
+			r.command = tc.command
+			res := r.do(t)
+			if res.code != tc.want {
+				t.Errorf("exit code %d, want %d; stderr:\n%s", res.code, tc.want, res.stderr)
+			}
+		})
+	}
+}
+
 // TestExitCodes checks that childflow exits like the command.
 func TestExitCodes(t *testing.T) {
 	forBackends(t, func(t *testing.T, b backendCase) {
-		for _, tc := range []struct {
-			name    string
-			command []string
-			want    int
-		}{
-			{"ok", []string{"true"}, 0},
-			{"three", []string{"sh", "-c", "exit 3"}, 3},
-			{"not found", []string{"childflow-no-such-command"}, 127},
-			{"sigint", []string{"sh", "-c", "kill -INT $$"}, 130},
-			{"sigterm", []string{"sh", "-c", "kill -TERM $$"}, 143},
-		} {
-			t.Run(tc.name, func(t *testing.T) {
-				res := run{command: tc.command}.with(b).do(t)
-				if res.code != tc.want {
-					t.Errorf("exit code %d, want %d; stderr:\n%s", res.code, tc.want, res.stderr)
-				}
-			})
-		}
+		checkExitCodes(t, run{}.with(b))
 	})
 }
 

@@ -35,7 +35,6 @@ const (
 	FlagViaProxy    uint16 = 1 << 1
 	FlagAudit       uint16 = 1 << 2
 	FlagInbound     uint16 = 1 << 6
-	FlagEstablished uint16 = 1 << 8
 )
 
 // Event is a decoded control event.

@@ -331,7 +331,7 @@ func (r *ebpfRun) finish(t *loader.Tracer, res *Result) {
 
 	pending, _ := t.PendingViolations()
 	for _, p := range pending {
-		proto := protoName(p.Proto, true)
+		proto := protoName(p.Proto)
 		ev := r.tr.violationEvent(proto, p.Dst, r.svc.namesOf(p.Dst.Addr()),
 			policy.Reason(p.Reason), 0, r.o.Policy != nil && r.o.Policy.Config().Audit)
 		ev.Proc = flows.Proc{Pid: p.Tgid, Comm: r.tr.comm(p.Tgid)}

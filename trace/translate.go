@@ -15,7 +15,6 @@ import (
 type flowState struct {
 	attempted bool
 	result    bool
-	proto     uint8
 	names     []string
 	server    string
 }
@@ -24,11 +23,10 @@ type flowState struct {
 // used by the event reader goroutine alone, except for names, which the
 // relay reads.
 type translator struct {
-	sink    flows.Sink
-	policy  *policy.Policy
-	names   func(netip.Addr) []string
-	backend string
-	viol    *violations
+	sink   flows.Sink
+	policy *policy.Policy
+	names  func(netip.Addr) []string
+	viol   *violations
 
 	mu    sync.Mutex
 	flows map[uint64]*flowState
@@ -40,11 +38,13 @@ func newTranslator(sink flows.Sink, p *policy.Policy, names func(netip.Addr) []s
 		names = func(netip.Addr) []string { return nil }
 	}
 
-	return &translator{sink: sink, policy: p, names: names, backend: BackendEBPF, viol: v,
+	return &translator{sink: sink, policy: p, names: names, viol: v,
 		flows: make(map[uint64]*flowState), comms: make(map[uint32]string)}
 }
 
-func protoName(p uint8, family bool) string {
+// protoName names a transport protocol as the flow log does; raw IP
+// sockets and anything else are "raw".
+func protoName(p uint8) string {
 	switch p {
 	case syscall.IPPROTO_TCP:
 		return "tcp"
@@ -55,11 +55,7 @@ func protoName(p uint8, family bool) string {
 	case syscall.IPPROTO_ICMPV6:
 		return "icmpv6"
 	}
-	if family {
-		return "raw"
-	}
-
-	return "ip"
+	return "raw"
 }
 
 func remoteOf(proto string, dst netip.AddrPort) flows.Remote {
@@ -116,17 +112,16 @@ func (t *translator) handle(e *loader.Event) {
 func (t *translator) attempt(e *loader.Event) {
 	s := t.state(e.Cookie)
 	s.attempted = true
-	s.proto = e.Proto
 	s.names = t.names(e.Dst.Addr())
 
-	proto := protoName(e.Proto, false)
+	proto := protoName(e.Proto)
 	ev := &flows.ConnectAttempt{
 		Remote:   remoteOf(proto, e.Dst),
 		Proc:     flows.Proc{Pid: e.Tgid, Comm: e.Comm},
 		Names:    flows.Names{Names: s.names},
 		ViaProxy: e.Flags&loader.FlagViaProxy != 0,
 		FlowID:   e.Cookie,
-		Backend:  t.backend,
+		Backend:  BackendEBPF,
 	}
 	flows.Stamp(ev, e.Time)
 	t.sink.Emit(ev)
@@ -167,7 +162,7 @@ func connectError(errno uint32) string {
 
 func (t *translator) emitResult(e *loader.Event, s *flowState, msg string) {
 	ev := &flows.ConnectResult{
-		Remote:   remoteOf(protoName(e.Proto, false), e.Dst),
+		Remote:   remoteOf(protoName(e.Proto), e.Dst),
 		Proc:     flows.Proc{Pid: e.Tgid, Comm: e.Comm},
 		Names:    flows.Names{Names: s.names, ServerName: s.server},
 		ViaProxy: e.Flags&loader.FlagViaProxy != 0,
@@ -204,7 +199,7 @@ func (t *translator) end(e *loader.Event) {
 	}
 
 	ev := &flows.FlowEnd{
-		Remote:     remoteOf(protoName(e.Proto, false), e.Dst),
+		Remote:     remoteOf(protoName(e.Proto), e.Dst),
 		Proc:       flows.Proc{Pid: e.Tgid, Comm: e.Comm},
 		Names:      flows.Names{Names: s.names, ServerName: s.server},
 		FlowID:     e.Cookie,
@@ -225,10 +220,7 @@ func (t *translator) end(e *loader.Event) {
 }
 
 func (t *translator) violation(e *loader.Event) {
-	proto := protoName(e.Proto, true)
-	if e.Proto == syscall.IPPROTO_RAW || (e.Proto != 6 && e.Proto != 17 && e.Proto != 1 && e.Proto != 58) {
-		proto = "raw"
-	}
+	proto := protoName(e.Proto)
 	names := t.names(e.Dst.Addr())
 	ev := t.violationEvent(proto, e.Dst, names, policy.Reason(e.Reason), e.Rule,
 		e.Flags&loader.FlagAudit != 0)
