@@ -3,7 +3,7 @@
 # backend): throughput of a bulk transfer through a local HTTP CONNECT proxy
 # when childflow forces it there (--proxy) against the same transfer with the
 # client using the proxy itself, and 1000 connections open at once through
-# childflow's proxy path. Loopback only; medians of BENCH_RUNS runs.
+# childflow's proxy path. Loopback only; BENCH_RUNS rounds, medians.
 set -eu
 bin=$(realpath "${1:-bin/childflow}")
 runs=${BENCH_RUNS:-5}
@@ -28,11 +28,7 @@ sleep 0.3
 
 median() { python3 -c 'import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 ratio() { python3 -c 'import sys; print("%.3f" % (float(sys.argv[1]) / float(sys.argv[2])))' "$1" "$2"; }
-sample() {
-	n=$1; shift; vals=""
-	for i in $(seq "$n"); do vals="$vals $("$@" | tail -1)"; done
-	median $vals
-}
+once() { "$@" | tail -1; }
 
 # The origin is on loopback, which childflow proxies only with --proxy-loopback.
 cf() { "$bin" trace --quiet --backend "$backend" --proxy "http://$proxy" --proxy-loopback "$@"; }
@@ -43,15 +39,22 @@ else
 	origin_seen=$origin
 fi
 
-echo "childflow proxy bench ($backend backend): $runs runs each, medians; loopback only"
-direct=$(sample "$runs" "$pb" send -via "$proxy" "$origin" "$bytes")
-forced=$(sample "$runs" cf --flow-log "$work/f.jsonl" -- "$pb" send "$origin_seen" "$bytes")
-traced=$(sample "$runs" "$bin" trace --quiet --backend "$backend" --flow-log "$work/t.jsonl" -- \
-	"$pb" send -via "$proxy" "$origin" "$bytes")
-echo "bulk $bytes bytes through an HTTP CONNECT proxy (MB/s): client uses the proxy $direct," \
-	"childflow --proxy $forced, ratio $(ratio "$forced" "$direct") (goal >= 0.8)"
-echo "  (client uses the proxy itself under childflow without --proxy: $traced," \
-	"ratio $(ratio "$traced" "$direct"): the cost of tracing alone)"
+# The three transfers run in turn, round after round, so that a change in the
+# machine's load shows in all three; a ratio is the median of the rounds'.
+echo "childflow proxy bench ($backend backend): $runs rounds, medians; loopback only"
+direct="" forced="" traced="" fr="" tr=""
+for i in $(seq "$runs"); do
+	d=$(once "$pb" send -via "$proxy" "$origin" "$bytes")
+	f=$(once cf --flow-log "$work/f.jsonl" -- "$pb" send "$origin_seen" "$bytes")
+	t=$(once "$bin" trace --quiet --backend "$backend" --flow-log "$work/t.jsonl" -- \
+		"$pb" send -via "$proxy" "$origin" "$bytes")
+	direct="$direct $d" forced="$forced $f" traced="$traced $t"
+	fr="$fr $(ratio "$f" "$d")" tr="$tr $(ratio "$t" "$d")"
+done
+echo "bulk $bytes bytes through an HTTP CONNECT proxy (MB/s): client uses the proxy" \
+	"$(median $direct), childflow --proxy $(median $forced), ratio $(median $fr) (goal >= 0.8)"
+echo "  (client uses the proxy itself under childflow without --proxy: $(median $traced)," \
+	"ratio $(median $tr): the cost of tracing alone)"
 
 ulimit -n 65536 2>/dev/null || true
 out=$(cf --flow-log "$work/h.jsonl" -- "$pb" hold "$origin_seen" "$hold" 2>&1 | tail -1)
