@@ -28,7 +28,13 @@ sleep 0.3
 
 median() { python3 -c 'import sys,statistics; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 ratio() { python3 -c 'import sys; print("%.3f" % (float(sys.argv[1]) / float(sys.argv[2])))' "$1" "$2"; }
-once() { "$@" | tail -1; }
+# once runs a transfer and prints its rate; a transfer that fails ends the
+# bench with its command named, instead of a missing number further on.
+once() {
+	v=$("$@" | tail -1)
+	case $v in '' | *[!0-9.]*) echo "proxy bench: no rate from: $*" >&2; exit 1 ;; esac
+	echo "$v"
+}
 
 # The origin is on loopback, which childflow proxies only with --proxy-loopback.
 cf() { "$bin" trace --quiet --backend "$backend" --proxy "http://$proxy" --proxy-loopback "$@"; }

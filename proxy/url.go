@@ -129,7 +129,12 @@ func (u *URL) parseHostPort(hp string) string {
 
 	if strings.Count(hp, ":") > 1 && !strings.HasPrefix(hp, "[") {
 		return "an IPv6 address must be in brackets (write " + u.Scheme + "://" +
-			bracketHint(hp) + ")"
+			printable(bracketHint(hp)) + ")"
+	}
+
+	if strings.HasPrefix(hp, "[") && !strings.Contains(hp, "]") {
+		return "the IPv6 address has no closing bracket (write " + u.Scheme + "://" +
+			printable(bracketHint(hp[1:])) + ")"
 	}
 
 	host, port, err := net.SplitHostPort(hp)

@@ -75,6 +75,8 @@ func TestParseURLErrors(t *testing.T) {
 		{"http://2001:db8::1", "must be in brackets (write http://[2001:db8::1]:PORT)"},
 		{"http://[proxy]:3128", `"proxy" in brackets is not an IPv6 address`},
 		{"http://[::1]", "missing port"},
+		{"http://[::1", "the IPv6 address has no closing bracket (write http://[::1]:PORT)"},
+		{"http://[::1:8080", "no closing bracket (write http://[::1]:8080)"},
 		{"http://:3128", "missing host (write http://host:3128)"},
 		{"http://", "missing host"},
 		{"http://pro xy:3128", `invalid host "pro xy"`},
