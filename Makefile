@@ -46,7 +46,7 @@ test: deps build
 
 # test-unit runs the unprivileged unit tests with the race detector.
 test-unit:
-	$(GO) test -race -count=1 ./flows/ ./policy/ ./sniff/ ./capture/ ./report/ ./profile/ ./dns/ ./proxy/
+	$(GO) test -race -count=1 ./flows/ ./policy/ ./sniff/ ./capture/ ./report/ ./profile/ ./dns/ ./proxy/ ./seccomp/
 
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzReadLog -fuzztime 10s ./flows/

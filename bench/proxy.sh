@@ -48,7 +48,7 @@ fi
 # The three transfers run in turn, round after round, so that a change in the
 # machine's load shows in all three; a ratio is the median of the rounds'.
 echo "childflow proxy bench ($backend backend): $runs rounds, medians; loopback only"
-direct="" forced="" traced="" fr="" tr=""
+direct="" forced="" traced="" relayed="" fr="" tr="" rr=""
 for i in $(seq "$runs"); do
 	d=$(once "$pb" send -via "$proxy" "$origin" "$bytes")
 	f=$(once cf --flow-log "$work/f.jsonl" -- "$pb" send "$origin_seen" "$bytes")
@@ -56,11 +56,19 @@ for i in $(seq "$runs"); do
 		"$pb" send -via "$proxy" "$origin" "$bytes")
 	direct="$direct $d" forced="$forced $f" traced="$traced $t"
 	fr="$fr $(ratio "$f" "$d")" tr="$tr $(ratio "$t" "$d")"
+	if [ "$backend" = ebpf ]; then
+		r=$(once cf --proxy-relay --flow-log "$work/r.jsonl" -- "$pb" send "$origin_seen" "$bytes")
+		relayed="$relayed $r" rr="$rr $(ratio "$r" "$d")"
+	fi
 done
 echo "bulk $bytes bytes through an HTTP CONNECT proxy (MB/s): client uses the proxy" \
 	"$(median $direct), childflow --proxy $(median $forced), ratio $(median $fr) (goal >= 0.8)"
 echo "  (client uses the proxy itself under childflow without --proxy: $(median $traced)," \
 	"ratio $(median $tr): the cost of tracing alone)"
+if [ -n "$relayed" ]; then
+	echo "  (childflow --proxy --proxy-relay, through the relay in childflow: $(median $relayed)," \
+		"ratio $(median $rr))"
+fi
 
 ulimit -n 65536 2>/dev/null || true
 out=$(cf --flow-log "$work/h.jsonl" -- "$pb" hold "$origin_seen" "$hold" 2>&1 | tail -1)

@@ -7,7 +7,9 @@
  *   sock_create/sock_release  own a per-socket flow entry; report flow ends
  *   connect4/6, sendmsg4/6    police destinations, redirect DNS to the
  *                             forwarder and TCP to the proxy relay, report
- *                             connects and first datagrams
+ *                             connects and first datagrams; police and
+ *                             report the proxy connects childflow makes
+ *                             for the program (cf_tunnels)
  *   recvmsg4/6                give redirected DNS answers their original source
  *   sockops                   TCP handshake results and TCP flow ends
  *   cgroup_skb egress/ingress count packets and bytes per flow, police what
@@ -135,6 +137,15 @@ struct {
 	__type(key, struct cf_dns_key);
 	__type(value, __u8);
 } cf_dns_srv SEC(".maps");
+
+/* Sockets in a proxy handshake that childflow performs for the program
+ * (struct cf_tunnel). Written and deleted by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct cf_tunnel);
+} cf_tunnels SEC(".maps");
 
 /* Violations already reported, to sum up retry loops. */
 struct {
@@ -599,6 +610,57 @@ static __always_inline int cf_is_dns_server(const struct cf_dst *d)
 }
 
 /*
+ * cf_tunnel_connect polices and reports the connect that childflow makes to
+ * the proxy on a program's socket while the program's own connect() waits.
+ * The destination judged and reported is the program's (from the tunnel
+ * entry), and so is the identity; the address, the proxy's, stays. It
+ * returns 1 to let the connect go on, and 0 to fail it with EPERM, after it
+ * removed the tunnel entry.
+ */
+static __always_inline int cf_tunnel_connect(__u64 cookie, struct cf_flow *f,
+					     const struct cf_tunnel *tn)
+{
+	struct cf_flow who = {.tgid = tn->tgid, .pid = tn->pid};
+	__u32 rule;
+
+	__builtin_memcpy(who.comm, tn->comm, sizeof(who.comm));
+	__builtin_memcpy(who.daddr, tn->daddr, 16);
+	who.dport = tn->dport;
+	who.family = tn->family;
+
+	__u8 reason = cf_evaluate(who.daddr, who.family, 1, &rule);
+	if (reason != CF_R_NONE) {
+		cf_violation(who.daddr, who.family, who.dport, IPPROTO_TCP, reason, rule, who.tgid,
+			     0, &who);
+		if (!(cf_cfg_policy & CF_P_AUDIT)) {
+			/* Tells childflow that its EPERM is the policy's. */
+			bpf_map_delete_elem(&cf_tunnels, &cookie);
+			return 0;
+		}
+	}
+	if (!f)
+		return 1;
+
+	__builtin_memcpy(f->daddr, who.daddr, 16);
+	__builtin_memcpy(f->comm, who.comm, sizeof(f->comm));
+	f->dport = who.dport;
+	f->family = who.family;
+	f->tgid = who.tgid;
+	f->pid = who.pid;
+	f->flags = (f->flags & ~CF_F_DNS_REDIRECT) | CF_F_VIA_PROXY | CF_F_TUNNEL |
+		   CF_F_CONNECTED | CF_F_POLICED;
+
+	struct cf_event *e = cf_reserve();
+	if (!e)
+		return 1;
+	e->kind = CF_EV_CONNECT;
+	cf_fill_flow(e, cookie, f);
+	e->flags = CF_F_VIA_PROXY | CF_F_TUNNEL;
+	cf_submit(e);
+	return 1;
+}
+
+/*
  * cf_sock_addr is the body of connect4/6 and sendmsg4/6. It returns 1 to let
  * the call go on (possibly redirected) and 0 to fail it with EPERM.
  */
@@ -622,6 +684,13 @@ static __always_inline int cf_sock_addr(struct bpf_sock_addr *ctx, const int con
 	struct cf_flow *f = cf_flow_of(cookie);
 	if (!f)
 		f = cf_flow_new(cookie, d.family, proto, 1);
+
+	if (connect && proto == IPPROTO_TCP) {
+		struct cf_tunnel *tn = bpf_map_lookup_elem(&cf_tunnels, &cookie);
+
+		if (tn)
+			return cf_tunnel_connect(cookie, f, tn);
+	}
 
 	/* IPv4-mapped sends of a connected IPv6 UDP socket pass through
 	 * sendmsg4 with the connected (possibly redirected) address: the
@@ -857,10 +926,41 @@ static __always_inline void cf_pkt_header(struct cf_pkt *p, struct __sk_buff *sk
 	}
 }
 
-static __always_inline void cf_capture(struct __sk_buff *skb, const struct cf_flow *f, __u8 dir)
+/* cf_headers_len returns the length of the IP and TCP or UDP headers of a
+ * packet (skb->len when they cannot be read). */
+static __always_inline __u32 cf_headers_len(struct __sk_buff *skb, __u8 proto)
+{
+	__u32 hdr = 40;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__u8 vihl;
+
+		if (bpf_skb_load_bytes(skb, 0, &vihl, 1) < 0)
+			return skb->len;
+		hdr = (vihl & 0x0f) * 4;
+	}
+	if (proto == IPPROTO_UDP) {
+		hdr += 8;
+	} else {
+		__u8 doff;
+
+		if (bpf_skb_load_bytes(skb, hdr + 12, &doff, 1) < 0)
+			return skb->len;
+		hdr += (doff >> 4) * 4;
+	}
+	return hdr < skb->len ? hdr : skb->len;
+}
+
+/* cf_capture copies a packet for the capture; with headers_only, only its IP
+ * and transport headers (the payload is childflow's own proxy handshake,
+ * which carries the proxy's credentials). */
+static __always_inline void cf_capture(struct __sk_buff *skb, const struct cf_flow *f, __u8 dir,
+				       int headers_only)
 {
 	__u32 cap = skb->len;
 
+	if (headers_only)
+		cap = cf_headers_len(skb, IPPROTO_TCP);
 	if (cap > cf_cfg_snaplen)
 		cap = cf_cfg_snaplen;
 	if (cap > 65536)
@@ -917,7 +1017,11 @@ static __always_inline void cf_sniff(struct __sk_buff *skb, __u64 cookie, struct
 	struct cf_l3 l;
 	__u8 doff;
 
-	if (f->pkts_out > 8 || cf_parse_l3(skb, 1, &l) || l.proto != IPPROTO_TCP) {
+	/* A tunnel's proxy handshake adds up to eight packets before the
+	 * program's first. */
+	__u64 limit = (f->flags & CF_F_TUNNEL) ? 16 : 8;
+
+	if (f->pkts_out > limit || cf_parse_l3(skb, 1, &l) || l.proto != IPPROTO_TCP) {
 		f->flags |= CF_F_SNIFFED;
 		return;
 	}
@@ -967,26 +1071,10 @@ static __always_inline void cf_rst_check(struct __sk_buff *skb, struct cf_flow *
  * crossed the socket's boundary. */
 static __always_inline __u32 cf_payload(struct __sk_buff *skb, __u8 proto)
 {
-	__u32 hdr = 40;
-
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return skb->len;
-	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		__u8 vihl;
 
-		if (bpf_skb_load_bytes(skb, 0, &vihl, 1) < 0)
-			return 0;
-		hdr = (vihl & 0x0f) * 4;
-	}
-	if (proto == IPPROTO_UDP) {
-		hdr += 8;
-	} else {
-		__u8 doff;
-
-		if (bpf_skb_load_bytes(skb, hdr + 12, &doff, 1) < 0)
-			return 0;
-		hdr += (doff >> 4) * 4;
-	}
+	__u32 hdr = cf_headers_len(skb, proto);
 	return skb->len > hdr ? skb->len - hdr : 0;
 }
 
@@ -1026,8 +1114,16 @@ static __always_inline int cf_skb(struct __sk_buff *skb, int egress)
 			f = cf_flow_new(cookie, l.family, l.proto, 0);
 	}
 
+	/* While childflow speaks the proxy's handshake on a tunnel socket,
+	 * every byte it sends is childflow's, not the program's. The proxy
+	 * acknowledges the whole request before it answers, so no handshake
+	 * byte is sent again once the entry is gone. */
+	int handshake = 0;
+
 	if (f) {
-		if (egress && (f->flags & (CF_F_DNS_REDIRECT | CF_F_VIA_PROXY)))
+		if (f->flags & CF_F_TUNNEL)
+			handshake = egress && bpf_map_lookup_elem(&cf_tunnels, &cookie) != 0;
+		else if (egress && (f->flags & (CF_F_DNS_REDIRECT | CF_F_VIA_PROXY)))
 			cf_index_client(skb, cookie, f);
 
 		/* What the socket hooks did not judge: ICMP, raw IP. */
@@ -1055,7 +1151,7 @@ static __always_inline int cf_skb(struct __sk_buff *skb, int egress)
 			__sync_fetch_and_add(&f->pkts_out, segs);
 			__sync_fetch_and_add(&f->bytes_out, bytes);
 			if (cf_cfg_sniff && f->proto == IPPROTO_TCP && !(f->flags & CF_F_SNIFFED) &&
-			    !(f->flags & CF_F_INBOUND))
+			    !(f->flags & CF_F_INBOUND) && !handshake)
 				cf_sniff(skb, cookie, f);
 		} else {
 			__sync_fetch_and_add(&f->pkts_in, segs);
@@ -1066,7 +1162,7 @@ static __always_inline int cf_skb(struct __sk_buff *skb, int egress)
 	}
 
 	if (cf_cfg_capture)
-		cf_capture(skb, f, egress ? 0 : 1);
+		cf_capture(skb, f, egress ? 0 : 1, handshake);
 	return 1;
 }
 

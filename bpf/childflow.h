@@ -34,6 +34,7 @@ enum cf_flag {
 	CF_F_RST_SEEN = 1 << 9,	    /* a reset arrived while connecting */
 	CF_F_RTO_SEEN = 1 << 10,    /* a SYN was retransmitted */
 	CF_F_POLICED = 1 << 11,	    /* destination already judged */
+	CF_F_TUNNEL = 1 << 12,	    /* connected to the proxy itself (cf_tunnels) */
 };
 
 /* Policy reasons: the same numbers as policy.Reason in Go. */
@@ -145,6 +146,21 @@ struct cf_client {
 	__u8 pad;
 	__u8 daddr[16];
 	char comm[CF_COMM_LEN];
+};
+
+/* A socket that childflow connects to the proxy on the program's behalf
+ * while the program's connect() waits (seccomp user notification), keyed by
+ * socket cookie. The entry lives while childflow speaks the proxy's
+ * handshake on the socket: it says whom the connect is for and where the
+ * program wanted to go. */
+struct cf_tunnel {
+	__u8 daddr[16];
+	__u32 tgid;
+	__u32 pid;
+	char comm[CF_COMM_LEN];
+	__u16 dport;
+	__u8 family;
+	__u8 pad;
 };
 
 /* A DNS server the forwarder relays to (--dns), redirected to the forwarder

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/childflow/childflow/cgroupnet"
+	"github.com/childflow/childflow/seccomp"
 )
 
 // Capability bits of /proc/self/status CapEff.
@@ -37,7 +38,7 @@ func ebpfChecks(mount string, mountErr error) []check {
 	checks = append(checks, delegationCheck(mount, mountErr, created, err))
 	checks = append(checks, mapCheck())
 	checks = append(checks, progChecks()...)
-	checks = append(checks, attachCheck(probe, created))
+	checks = append(checks, attachCheck(probe, created), joinCheck())
 	if created {
 		os.Remove(probe)
 	}
@@ -270,4 +271,21 @@ func attachProbe(cgroup string) error {
 	}
 
 	return nil
+}
+
+// joinCheck probes the seccomp user notification that lets childflow hand a
+// program's own socket the proxy tunnel; without it proxied connections go
+// through the relay.
+func joinCheck() check {
+	c := check{Capability: Capability{Key: "proxy_join",
+		Label: "seccomp user notification (proxy tunnel on the program's socket)"},
+		severity: Warning,
+		hint:     "--proxy runs through the relay in childflow, one more hop (Linux 5.19 joins)"}
+	if err := seccomp.Probe(); err != nil {
+		c.Status, c.Detail = Unavailable, err.Error()
+		return c
+	}
+	c.Status, c.Detail = Available, "the kernel accepts the filter flags"
+
+	return c
 }

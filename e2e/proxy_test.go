@@ -247,9 +247,10 @@ type proxyUnderTest struct {
 var proxyKinds = []string{"http", "https", "socks5h"}
 
 // startProxy starts a proxy of kind in the client namespace. password is
-// what childflow is given; the proxy accepts only pn's real one.
+// what childflow is given; the proxy accepts only pn's real one. tweaks
+// change the proxy's options further.
 func (pn *proxyNet) startProxy(t *testing.T, kind, real, given string,
-	delay func(string) time.Duration) *proxyUnderTest {
+	delay func(string) time.Duration, tweaks ...func(*proxytest.Options)) *proxyUnderTest {
 	t.Helper()
 	opts := proxytest.Options{
 		User: proxyUser, Password: real, Delay: delay,
@@ -257,6 +258,9 @@ func (pn *proxyNet) startProxy(t *testing.T, kind, real, given string,
 		Dial:     dialIn(pn.top.Client),
 		Targets: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"),
 			netip.MustParsePrefix("2001:db8:1::/48")},
+	}
+	for _, tweak := range tweaks {
+		tweak(&opts)
 	}
 	opts.Resolve = map[string]netip.Addr{}
 	for _, c := range pn.cases {

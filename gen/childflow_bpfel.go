@@ -117,6 +117,17 @@ type ChildflowCfPkt struct {
 	Comm   [16]int8
 }
 
+type ChildflowCfTunnel struct {
+	_      structs.HostLayout
+	Daddr  [16]uint8
+	Tgid   uint32
+	Pid    uint32
+	Comm   [16]int8
+	Dport  uint16
+	Family uint8
+	Pad    uint8
+}
+
 type ChildflowCfViol struct {
 	_       structs.HostLayout
 	LastNs  uint64
@@ -149,6 +160,7 @@ const (
 	ChildflowMapCfIps            = "cf_ips"
 	ChildflowMapCfLoss           = "cf_loss"
 	ChildflowMapCfPackets        = "cf_packets"
+	ChildflowMapCfTunnels        = "cf_tunnels"
 	ChildflowMapCfViols          = "cf_viols"
 	ChildflowProgCfConnect4      = "cf_connect4"
 	ChildflowProgCfConnect6      = "cf_connect6"
@@ -247,6 +259,7 @@ type ChildflowMapSpecs struct {
 	CfIps     *ebpf.MapSpec `ebpf:"cf_ips"`
 	CfLoss    *ebpf.MapSpec `ebpf:"cf_loss"`
 	CfPackets *ebpf.MapSpec `ebpf:"cf_packets"`
+	CfTunnels *ebpf.MapSpec `ebpf:"cf_tunnels"`
 	CfViols   *ebpf.MapSpec `ebpf:"cf_viols"`
 }
 
@@ -301,6 +314,7 @@ type ChildflowMaps struct {
 	CfIps     *ebpf.Map `ebpf:"cf_ips"`
 	CfLoss    *ebpf.Map `ebpf:"cf_loss"`
 	CfPackets *ebpf.Map `ebpf:"cf_packets"`
+	CfTunnels *ebpf.Map `ebpf:"cf_tunnels"`
 	CfViols   *ebpf.Map `ebpf:"cf_viols"`
 }
 
@@ -317,6 +331,7 @@ func (m *ChildflowMaps) Close() error {
 		m.CfIps,
 		m.CfLoss,
 		m.CfPackets,
+		m.CfTunnels,
 		m.CfViols,
 	)
 }

@@ -3,4 +3,4 @@
 // with `make generate` (needs clang); building and testing do not.
 package gen
 
-//go:generate go tool bpf2go -go-package gen -output-dir . -output-stem childflow -tags linux -target bpfel -cc clang-16 -strip llvm-strip-16 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -type cf_event -type cf_pkt -type cf_flow -type cf_client_key -type cf_client -type cf_lpm4 -type cf_lpm6 -type cf_learned -type cf_viol_key -type cf_viol Childflow ../bpf/childflow.c
+//go:generate go tool bpf2go -go-package gen -output-dir . -output-stem childflow -tags linux -target bpfel -cc clang-16 -strip llvm-strip-16 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -type cf_event -type cf_pkt -type cf_flow -type cf_client_key -type cf_client -type cf_lpm4 -type cf_lpm6 -type cf_learned -type cf_viol_key -type cf_viol -type cf_tunnel Childflow ../bpf/childflow.c

@@ -52,6 +52,7 @@ type Profile struct {
 	ProxyInsecure     *bool    `toml:"proxy_insecure"`
 	ProxyOnly         *bool    `toml:"proxy_only"`
 	ProxyLoopback     *bool    `toml:"proxy_loopback"`
+	ProxyRelay        *bool    `toml:"proxy_relay"`
 	Summary           *bool    `toml:"summary"`
 	SummaryFormat     *string  `toml:"summary_format"`
 	SummaryFile       *string  `toml:"summary_file"`

@@ -130,6 +130,9 @@ func NewDialer(u *URL, opts Options) *Dialer {
 	return d
 }
 
+// Timeout returns how long a dial through the proxy may take.
+func (d *Dialer) Timeout() time.Duration { return d.timeout }
+
 // Redacted returns the proxy's URL without the password, as events and logs
 // show it.
 func (d *Dialer) Redacted() string { return d.url.String() }
@@ -161,14 +164,17 @@ func (d *Dialer) DialContext(ctx context.Context, t Target) (net.Conn, error) {
 // watchdog interrupts a handshake blocked on a silent proxy when its context
 // ends, by moving the connection's deadline into the past.
 type watchdog struct {
-	c     net.Conn
+	c     deadliner
 	mu    sync.Mutex
 	done  bool
 	fired bool
 	quit  func() bool
 }
 
-func watch(ctx context.Context, c net.Conn) *watchdog {
+// deadliner is the part of a connection that a watchdog uses.
+type deadliner interface{ SetDeadline(time.Time) error }
+
+func watch(ctx context.Context, c deadliner) *watchdog {
 	w := &watchdog{c: c}
 	w.quit = context.AfterFunc(ctx, func() {
 		w.mu.Lock()
@@ -200,9 +206,7 @@ func (w *watchdog) stop() {
 func (d *Dialer) dialProxy(ctx context.Context) (net.Conn, error) {
 	c, err := d.net.DialContext(ctx, "tcp", d.url.Addr())
 	if err != nil {
-		e := &Error{Stage: StageDial, Proxy: d.url.Addr(), Err: err}
-		e.Msg = fmt.Sprintf("proxy %s unreachable: %s", e.Proxy, reason(ctx, err))
-		return nil, e
+		return nil, d.ConnectError(ctx, err)
 	}
 
 	if d.tls == nil {
@@ -222,7 +226,10 @@ func (d *Dialer) dialProxy(ctx context.Context) (net.Conn, error) {
 
 func (d *Dialer) handshake(c net.Conn, t Target) (net.Conn, error) {
 	if d.url.Scheme == SchemeSOCKS5 || d.url.Scheme == SchemeSOCKS5H {
-		return d.connectSOCKS5(c, t)
+		if err := d.connectSOCKS5(c, t); err != nil {
+			return nil, err
+		}
+		return c, nil
 	}
 
 	return d.connectHTTP(c, t)
@@ -252,6 +259,23 @@ const maxResponseHeader = 64 << 10
 
 // connectHTTP sends CONNECT over c and reads the answer.
 func (d *Dialer) connectHTTP(c net.Conn, t Target) (net.Conn, error) {
+	if err := d.sendConnect(c, t); err != nil {
+		return nil, err
+	}
+
+	br := bufio.NewReader(io.LimitReader(c, maxResponseHeader))
+	if err := d.readConnect(br, t); err != nil {
+		return nil, err
+	}
+
+	if br.Buffered() == 0 {
+		return c, nil
+	}
+
+	return &bufferedConn{Conn: c, r: br}, nil
+}
+
+func (d *Dialer) sendConnect(w io.Writer, t Target) error {
 	target := t.String()
 	var req strings.Builder
 	req.WriteString("CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n")
@@ -260,25 +284,25 @@ func (d *Dialer) connectHTTP(c net.Conn, t Target) (net.Conn, error) {
 	}
 	req.WriteString("\r\n")
 
-	if _, err := io.WriteString(c, req.String()); err != nil {
-		return nil, d.fail(StageProtocol, t, "send CONNECT to proxy %s: %s", err)
+	if _, err := io.WriteString(w, req.String()); err != nil {
+		return d.fail(StageProtocol, t, "send CONNECT to proxy %s: %s", err)
 	}
 
-	br := bufio.NewReader(io.LimitReader(c, maxResponseHeader))
+	return nil
+}
+
+// readConnect reads the proxy's answer to CONNECT and fails unless it is 2xx.
+func (d *Dialer) readConnect(br *bufio.Reader, t Target) error {
 	status, text, err := readConnectResponse(br)
 	if err != nil {
-		return nil, d.fail(StageProtocol, t, "read CONNECT answer from proxy %s: %s", err)
+		return d.fail(StageProtocol, t, "read CONNECT answer from proxy %s: %s", err)
 	}
 
 	if status/100 != 2 {
-		return nil, d.refusedHTTP(t, status, text)
+		return d.refusedHTTP(t, status, text)
 	}
 
-	if br.Buffered() == 0 {
-		return c, nil
-	}
-
-	return &bufferedConn{Conn: c, r: br}, nil
+	return nil
 }
 
 func (d *Dialer) refusedHTTP(t Target, status int, text string) *Error {

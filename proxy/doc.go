@@ -9,10 +9,15 @@
 //   - Dialer opens one tunnel through the proxy to a Target: HTTP CONNECT,
 //     the same over TLS (https), or a SOCKS5 CONNECT. The rootless backend
 //     uses it directly from its netstack forwarder.
-//   - Relay is the loopback listener that the eBPF backend redirects every TCP
-//     connect of the tree to. It asks its Lookup function for the original
-//     destination of each accepted connection, dials it through the Dialer,
-//     emits a flows.ConnectResult and copies bytes both ways.
+//   - Dialer.Tunnel speaks the same handshakes over a connection someone else
+//     opened to an http or socks5 proxy, reading exactly the proxy's answer.
+//     The eBPF backend uses it on the program's own socket (see the joiner
+//     in package trace), which then is the tunnel, with nothing in between.
+//   - Relay is the loopback listener that the eBPF backend redirects the TCP
+//     connects to that it does not join (https proxies, --proxy-relay). It
+//     asks its Lookup function for the original destination of each accepted
+//     connection, dials it through the Dialer, emits a flows.ConnectResult
+//     and copies bytes both ways.
 //
 // What the proxy is asked for: "name:port" when the Target carries the DNS
 // name the program resolved, otherwise the IP literal (IPv6 in brackets for

@@ -26,34 +26,34 @@ const (
 
 // connectSOCKS5 negotiates authentication and a CONNECT to t over c. It reads
 // exactly the proxy's answers, so no tunnel byte is consumed.
-func (d *Dialer) connectSOCKS5(c net.Conn, t Target) (net.Conn, error) {
+func (d *Dialer) connectSOCKS5(c io.ReadWriter, t Target) error {
 	if err := d.socksAuth(c, t); err != nil {
-		return nil, err
+		return err
 	}
 
 	req, target := d.socksRequest(t)
 	if _, err := c.Write(req); err != nil {
-		return nil, d.fail(StageProtocol, t, "send socks5 CONNECT to proxy %s: %s", err)
+		return d.fail(StageProtocol, t, "send socks5 CONNECT to proxy %s: %s", err)
 	}
 
 	reply, err := readSOCKSReply(c)
 	if err != nil {
-		return nil, d.fail(StageProtocol, t, "read socks5 CONNECT answer from proxy %s: %s", err)
+		return d.fail(StageProtocol, t, "read socks5 CONNECT answer from proxy %s: %s", err)
 	}
 
 	if reply != 0 {
-		return nil, &Error{
+		return &Error{
 			Stage: StageConnect, Proxy: d.url.Addr(), Target: target, Reply: reply,
 			Msg: fmt.Sprintf("socks5 connect to %s: %s (reply %d)", target,
 				socksReplyText(reply), reply),
 		}
 	}
 
-	return c, nil
+	return nil
 }
 
 // socksAuth offers the methods the Dialer can do and runs the chosen one.
-func (d *Dialer) socksAuth(c net.Conn, t Target) error {
+func (d *Dialer) socksAuth(c io.ReadWriter, t Target) error {
 	methods := []byte{socksNoAuth}
 	if d.url.User != "" {
 		methods = []byte{socksUserPass, socksNoAuth}
@@ -72,7 +72,7 @@ func (d *Dialer) socksAuth(c net.Conn, t Target) error {
 	return d.socksMethod(c, t, choice)
 }
 
-func (d *Dialer) socksMethod(c net.Conn, t Target, choice [2]byte) error {
+func (d *Dialer) socksMethod(c io.ReadWriter, t Target, choice [2]byte) error {
 	switch {
 	case choice[0] != socksVersion:
 		return d.authError(t, fmt.Sprintf("proxy %s is not a SOCKS5 proxy (answered "+
@@ -95,7 +95,7 @@ func (d *Dialer) authError(t Target, msg string, stage Stage) *Error {
 }
 
 // socksUserPass runs the RFC 1929 username/password exchange.
-func (d *Dialer) socksUserPass(c net.Conn, t Target) error {
+func (d *Dialer) socksUserPass(c io.ReadWriter, t Target) error {
 	user, pass := d.url.User, d.url.Password
 	if len(user) > 255 || len(pass) > 255 {
 		return d.authError(t, "socks5 user name and password must be at most 255 bytes "+

@@ -10,6 +10,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/childflow/childflow/seccomp"
 )
 
 // forwarded are the signals the confining init relays to the command.
@@ -60,6 +62,12 @@ func runInit(raw string) int {
 		return fail(126, fmt.Errorf("decode configuration: %w", err))
 	}
 
+	if cfg.ListenerFD > 0 {
+		if err := handOffListener(cfg.ListenerFD); err != nil {
+			return fail(126, err)
+		}
+	}
+
 	if err := setup(&cfg); err != nil {
 		return fail(126, err)
 	}
@@ -74,6 +82,24 @@ func runInit(raw string) int {
 	}
 
 	return supervise(&cfg)
+}
+
+// handOffListener installs the connect filter on this (locked) thread, which
+// later forks or executes the command, and sends the listener, or why there
+// is none, over sock. A listener that was installed but not sent would fail
+// every connect of the tree, so that is an error; no filter is not.
+func handOffListener(sock int) error {
+	defer unix.Close(sock)
+
+	fd, installErr := seccomp.InstallConnectFilter()
+	if err := seccomp.SendListener(sock, fd, installErr); err != nil {
+		return err
+	}
+	if installErr == nil {
+		_ = unix.Close(fd)
+	}
+
+	return nil
 }
 
 // setup makes the mounts private, binds the hosts file and, when confining,

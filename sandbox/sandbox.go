@@ -8,16 +8,20 @@
 //
 // The init does, in order:
 //
-//  1. make every mount private, so nothing it mounts reaches the host;
-//  2. bind-mount Config.HostsFile read-only over /etc/hosts;
-//  3. when confining: mount a fresh /proc for the new PID namespace, mount a
+//  1. with Config.Listener: install the seccomp connect filter and send its
+//     listener to childflow (this needs CAP_SYS_ADMIN, so it comes before
+//     any capability is dropped; the filter stays through the credential
+//     switch and exec);
+//  2. make every mount private, so nothing it mounts reaches the host;
+//  3. bind-mount Config.HostsFile read-only over /etc/hosts;
+//  4. when confining: mount a fresh /proc for the new PID namespace, mount a
 //     read-only cgroup2 over every cgroup2 mount point (inside the cgroup
 //     namespace it shows the run cgroup as its root), and drop the
 //     capabilities listed below from the bounding, effective, permitted,
 //     inheritable and ambient sets;
-//  4. switch to Config.Cred (groups, gid, uid) and restore the parent-death
+//  5. switch to Config.Cred (groups, gid, uid) and restore the parent-death
 //     signal, which the kernel clears when credentials change;
-//  5. without confinement, execve the command in place (no extra process);
+//  6. without confinement, execve the command in place (no extra process);
 //     with it, start the command as a child, forward SIGINT, SIGTERM, SIGHUP,
 //     SIGQUIT, SIGUSR1 and SIGUSR2 to it, reap every process re-parented to it
 //     and exit with the command's status. When PID 1 exits the kernel kills
@@ -108,6 +112,13 @@ type Config struct {
 	// Cred is the identity the command runs as; nil keeps root. The init
 	// switches to it after the mounts, right before the command starts.
 	Cred *syscall.Credential
+	// Listener, when set, is one end of a Unix socket pair: the init
+	// installs a seccomp filter that hands the tree's connect calls to a
+	// supervisor (package seccomp), first thing, and sends the listener (or
+	// why there is none) over it with seccomp.SendListener. The caller keeps
+	// the other end, receives with seccomp.ReceiveListener right after the
+	// start, and closes Listener then. The command does not inherit it.
+	Listener *os.File `json:"-"`
 }
 
 // initConfig is what the init receives, JSON-encoded in envVar.
@@ -115,12 +126,14 @@ type initConfig struct {
 	Config
 	Path string   `json:"path"`
 	Argv []string `json:"argv"`
+	// ListenerFD is the init's descriptor of Config.Listener (0: none).
+	ListenerFD int `json:"listener_fd,omitempty"`
 }
 
 // Needed reports whether cfg asks for anything that needs the init. When it
 // does not, start the command directly (with SysProcAttr.Credential).
 func Needed(cfg Config) bool {
-	return cfg.HostsFile != "" || cfg.Confine
+	return cfg.HostsFile != "" || cfg.Confine || cfg.Listener != nil
 }
 
 // Command returns a command that runs the init, which prepares the
@@ -138,14 +151,22 @@ func Needed(cfg Config) bool {
 // with exit code 126. Credential must stay unset: the init switches identity
 // itself, after mounting, and then sets the parent-death signal to SIGKILL
 // again (the kernel clears it on a credential change). With cfg.Confine,
-// signals sent to cmd.Process are forwarded to the command. Descriptors in
-// ExtraFiles reach the command; never pass one of a cgroup directory.
+// signals sent to cmd.Process are forwarded to the command. Descriptors the
+// caller adds to ExtraFiles reach the command (after cfg.Listener, which the
+// init closes); never pass one of a cgroup directory.
 func Command(cfg Config, path string, argv []string) (*exec.Cmd, error) {
 	if path == "" || len(argv) == 0 {
 		return nil, errors.New("create sandbox command: empty command")
 	}
 
-	b, err := json.Marshal(initConfig{Config: cfg, Path: path, Argv: argv})
+	ic := initConfig{Config: cfg, Path: path, Argv: argv}
+	var extra []*os.File
+	if cfg.Listener != nil {
+		extra = append(extra, cfg.Listener)
+		ic.ListenerFD = 3 // the first of ExtraFiles
+	}
+
+	b, err := json.Marshal(ic)
 	if err != nil {
 		return nil, fmt.Errorf("encode sandbox configuration for %s: %w", path, err)
 	}
@@ -160,6 +181,7 @@ func Command(cfg Config, path string, argv []string) (*exec.Cmd, error) {
 		Args:        []string{initArg0},
 		Env:         []string{envVar + "=" + string(b)},
 		SysProcAttr: &syscall.SysProcAttr{Cloneflags: flags},
+		ExtraFiles:  extra,
 	}
 
 	return cmd, nil

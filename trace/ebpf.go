@@ -12,11 +12,14 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/childflow/childflow/cgroupnet"
 	"github.com/childflow/childflow/flows"
 	"github.com/childflow/childflow/loader"
 	"github.com/childflow/childflow/policy"
 	"github.com/childflow/childflow/sandbox"
+	"github.com/childflow/childflow/seccomp"
 )
 
 // chooseBackend resolves "auto" and the older tool's backend names. This is
@@ -50,6 +53,12 @@ type ebpfRun struct {
 	svc    *services
 	start  time.Time
 	hosts  string // merged hosts file for the sandbox, removed at the end
+
+	// With a proxy the joiner can use: the sandbox init's end of the socket
+	// pair it sends the connect listener over, childflow's end, and the
+	// joiner serving the listener.
+	handoff [2]*os.File
+	joiner  *joiner
 }
 
 func runEBPF(ctx context.Context, o *Options) (*Result, error) {
@@ -203,6 +212,10 @@ func (r *ebpfRun) trace(ctx context.Context, t *loader.Tracer, path string,
 	if err == nil {
 		err = cmd.Start()
 	}
+	if err == nil {
+		err = r.startJoiner(t, cmd, res)
+	}
+	r.closeHandoff()
 	if err != nil {
 		close(stop)
 		wg.Wait()
@@ -216,6 +229,9 @@ func (r *ebpfRun) trace(ctx context.Context, t *loader.Tracer, path string,
 	// What the command left behind (daemons) dies with the cgroup.
 	if err := r.cg.Kill(5 * time.Second); err != nil {
 		res.Warnings = append(res.Warnings, err.Error())
+	}
+	if r.joiner != nil {
+		r.joiner.close()
 	}
 	r.settle(t)
 	close(stop)
@@ -233,6 +249,15 @@ func (r *ebpfRun) trace(ctx context.Context, t *loader.Tracer, path string,
 // through the sandbox init when a hosts file or confinement is wanted.
 func (r *ebpfRun) command(path string, cred *syscall.Credential) (*exec.Cmd, error) {
 	sc := sandbox.Config{HostsFile: r.hosts, Cred: cred, Confine: r.confine(cred)}
+	if r.joins() {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("create socket pair for the connect listener: %w", err)
+		}
+		r.handoff = [2]*os.File{os.NewFile(uintptr(fds[0]), "listener handoff (init)"),
+			os.NewFile(uintptr(fds[1]), "listener handoff")}
+		sc.Listener = r.handoff[0]
+	}
 	cmd := &exec.Cmd{Path: path, Args: r.o.Command,
 		SysProcAttr: &syscall.SysProcAttr{Credential: cred}}
 	if sandbox.Needed(sc) {
@@ -254,6 +279,50 @@ func (r *ebpfRun) command(path string, cred *syscall.Credential) (*exec.Cmd, err
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 
 	return cmd, nil
+}
+
+// joins tells whether the joiner makes the tree's proxied connects: with a
+// proxy that can hand its tunnel over (not https), unless the relay is
+// asked for.
+func (r *ebpfRun) joins() bool {
+	return r.svc.dialer != nil && r.svc.dialer.Joinable() && !r.o.ProxyRelay
+}
+
+// startJoiner takes the connect listener from the sandbox init and serves
+// it. When the init could not install the filter, the relay serves every
+// proxied connect, and a warning says why.
+func (r *ebpfRun) startJoiner(t *loader.Tracer, cmd *exec.Cmd, res *Result) error {
+	if r.handoff[1] == nil {
+		return nil
+	}
+	_ = r.handoff[0].Close()
+	r.handoff[0] = nil
+
+	fd, err := seccomp.ReceiveListener(int(r.handoff[1].Fd()), 10*time.Second)
+	if errors.Is(err, seccomp.ErrNoListener) {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("%v: proxied connections go "+
+			"through the relay (one more hop)", err))
+		return nil
+	}
+	if err == nil {
+		r.joiner, err = newJoiner(fd, r.svc, t, r.tr, r.o.Logger)
+	}
+	if err != nil {
+		_ = cmd.Process.Kill()
+		_, _ = cmd.Process.Wait()
+		return err
+	}
+
+	return nil
+}
+
+func (r *ebpfRun) closeHandoff() {
+	for i, f := range r.handoff {
+		if f != nil {
+			_ = f.Close()
+			r.handoff[i] = nil
+		}
+	}
 }
 
 // confine tells whether the command gets its own cgroup, PID and mount

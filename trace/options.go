@@ -56,6 +56,10 @@ type Options struct {
 
 	Proxy         *proxy.URL
 	ProxyLoopback bool
+	// ProxyRelay sends every proxied connection through the relay, also
+	// where childflow could hand the program's socket the tunnel itself
+	// (http and socks5 proxies on the eBPF backend; see joiner).
+	ProxyRelay bool
 	// ProxyRootCAs, when set, replaces the system roots for checking an
 	// https proxy's certificate (--proxy-ca).
 	ProxyRootCAs *x509.CertPool

@@ -8,15 +8,22 @@ import (
 	"github.com/childflow/childflow/flows"
 	"github.com/childflow/childflow/loader"
 	"github.com/childflow/childflow/policy"
+	"github.com/childflow/childflow/proxy"
 	"github.com/childflow/childflow/sniff"
 )
 
 // flowState is what the translator remembers of one socket.
 type flowState struct {
-	attempted bool
+	attempted bool // guarded by translator.mu
 	result    bool
 	names     []string
 	server    string
+
+	// Of a socket the joiner connected to the proxy (guarded by
+	// translator.mu): its connect_result while the connect_attempt has not
+	// come yet, and the bytes of the proxy handshake.
+	pending *flows.ConnectResult
+	shake   proxy.Exchanged
 }
 
 // translator turns the kernel's control events into flow-log events. It is
@@ -111,8 +118,8 @@ func (t *translator) handle(e *loader.Event) {
 
 func (t *translator) attempt(e *loader.Event) {
 	s := t.state(e.Cookie)
-	s.attempted = true
 	s.names = t.names(e.Dst.Addr())
+	defer t.attempted(s)
 
 	proto := protoName(e.Proto)
 	ev := &flows.ConnectAttempt{
@@ -130,6 +137,41 @@ func (t *translator) attempt(e *loader.Event) {
 	if e.Kind == loader.KindConnect && e.Proto == syscall.IPPROTO_UDP {
 		s.result = true
 		t.emitResult(e, s, "")
+	}
+}
+
+// attempted notes that the connect_attempt of s is out, and emits the
+// joiner's connect_result that waited for it.
+func (t *translator) attempted(s *flowState) {
+	t.mu.Lock()
+	s.attempted = true
+	ev := s.pending
+	s.pending = nil
+	t.mu.Unlock()
+
+	if ev != nil {
+		t.sink.Emit(ev)
+	}
+}
+
+// joined records the outcome of a connect that the joiner made on the
+// program's socket: its connect_result, which follows the connect_attempt
+// (the kernel reports that one through the ring buffer, maybe later), and
+// the bytes of the proxy handshake, which the flow end leaves out. Safe for
+// concurrent use.
+func (t *translator) joined(cookie uint64, ev *flows.ConnectResult, shake proxy.Exchanged) {
+	s := t.state(cookie)
+
+	t.mu.Lock()
+	s.shake = shake
+	if !s.attempted {
+		s.pending = ev
+		ev = nil
+	}
+	t.mu.Unlock()
+
+	if ev != nil {
+		t.sink.Emit(ev)
 	}
 }
 
@@ -197,6 +239,7 @@ func (t *translator) end(e *loader.Event) {
 	if s.names == nil {
 		s.names = t.names(e.Dst.Addr())
 	}
+	shake := t.takeJoined(s)
 
 	ev := &flows.FlowEnd{
 		Remote:     remoteOf(protoName(e.Proto), e.Dst),
@@ -204,8 +247,8 @@ func (t *translator) end(e *loader.Event) {
 		Names:      flows.Names{Names: s.names, ServerName: s.server},
 		FlowID:     e.Cookie,
 		ViaProxy:   e.Flags&loader.FlagViaProxy != 0,
-		BytesOut:   e.BytesOut,
-		BytesIn:    e.BytesIn,
+		BytesOut:   e.BytesOut - min(e.BytesOut, shake.Out),
+		BytesIn:    e.BytesIn - min(e.BytesIn, shake.In),
 		PacketsOut: e.PktsOut,
 		PacketsIn:  e.PktsIn,
 	}
@@ -217,6 +260,21 @@ func (t *translator) end(e *loader.Event) {
 	}
 	flows.Stamp(ev, e.Time)
 	t.sink.Emit(ev)
+}
+
+// takeJoined emits a joiner's connect_result still waiting for its attempt
+// (lost, or not reported) and returns the handshake's bytes.
+func (t *translator) takeJoined(s *flowState) proxy.Exchanged {
+	t.mu.Lock()
+	ev, shake := s.pending, s.shake
+	s.pending = nil
+	t.mu.Unlock()
+
+	if ev != nil {
+		t.sink.Emit(ev)
+	}
+
+	return shake
 }
 
 func (t *translator) violation(e *loader.Event) {

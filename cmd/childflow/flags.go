@@ -81,6 +81,8 @@ func traceFlags() []cli.Flag {
 			Usage: "https proxy: do not verify its certificate (the link stays encrypted)"},
 		&cli.BoolFlag{Name: "proxy-loopback", Category: catProxy,
 			Usage: "also send connections to loopback through the proxy"},
+		&cli.BoolFlag{Name: "proxy-relay", Category: catProxy,
+			Usage: "relay every proxied connection in childflow instead of handing the program's socket the tunnel"},
 
 		&cli.StringFlag{Name: "backend", Category: catBackend, Value: "auto",
 			Usage: "auto, ebpf (root) or rootless (no root)"},

@@ -57,6 +57,7 @@ func applyProfile(c *cli.Context, s *settings) error {
 	str(p.ProxyPasswordFile, &s.proxyPasswordFile)
 	flag(p.ProxyInsecure, &s.proxyInsecure)
 	flag(p.ProxyLoopback, &s.proxyLoopback)
+	flag(p.ProxyRelay, &s.proxyRelay)
 	flag(p.Summary, &s.summary)
 	str(p.SummaryFormat, &s.summaryFormat)
 	str(p.SummaryFile, &s.summaryFile)
@@ -160,7 +161,7 @@ func dumpProfile(c *cli.Context, s *settings) error {
 	}
 	bools := map[string]bool{
 		"summary": s.summary, "quiet": s.quiet, "proxy_insecure": s.proxyInsecure,
-		"proxy_loopback": s.proxyLoopback, "keep_root": s.keepRoot, "fail_on_leak": s.failOnLeak,
+		"proxy_loopback": s.proxyLoopback, "proxy_relay": s.proxyRelay, "keep_root": s.keepRoot, "fail_on_leak": s.failOnLeak,
 		"offline": s.policy.Offline, "block_private": s.policy.BlockPrivate,
 		"block_metadata": s.policy.BlockMetadata, "proxy_only": s.policy.ProxyOnly,
 		"audit": s.policy.Audit,

@@ -59,6 +59,7 @@ func applyFlags(c *cli.Context, s *settings) error {
 	str("proxy-ca", &s.proxyCA)
 	flag("proxy-insecure", &s.proxyInsecure)
 	flag("proxy-loopback", &s.proxyLoopback)
+	flag("proxy-relay", &s.proxyRelay)
 	str("backend", &s.backend)
 	flag("keep-root", &s.keepRoot)
 	flag("host-loopback", &s.hostLoopback)

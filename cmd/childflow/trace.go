@@ -132,7 +132,7 @@ type settings struct {
 
 	proxyURL, proxyUser, proxyPassword, proxyPasswordFile string
 	proxyCA                                               string
-	proxyInsecure, proxyLoopback                          bool
+	proxyInsecure, proxyLoopback, proxyRelay              bool
 
 	backend      string
 	keepRoot     bool
@@ -229,9 +229,9 @@ func (s *settings) checkCapturePoint() error {
 func (s *settings) proxyOptions(o *trace.Options) error {
 	if s.proxyURL == "" {
 		if s.proxyUser != "" || s.proxyPassword != "" || s.proxyInsecure || s.proxyLoopback ||
-			s.proxyCA != "" {
-			return usagef("--proxy-user, --proxy-password, --proxy-ca, --proxy-insecure and " +
-				"--proxy-loopback need --proxy URL")
+			s.proxyCA != "" || s.proxyRelay {
+			return usagef("--proxy-user, --proxy-password, --proxy-ca, --proxy-insecure, " +
+				"--proxy-loopback and --proxy-relay need --proxy URL")
 		}
 		return nil
 	}
@@ -267,6 +267,7 @@ func (s *settings) proxyOptions(o *trace.Options) error {
 	}
 	o.Proxy = u
 	o.ProxyLoopback = s.proxyLoopback
+	o.ProxyRelay = s.proxyRelay
 
 	return nil
 }

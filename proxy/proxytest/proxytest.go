@@ -60,8 +60,9 @@ type Options struct {
 	// for a target ("host:port" as the client asked); the server's Close
 	// ends the wait.
 	Delay func(target string) time.Duration
-	// SendAfterConnect is written right after a successful CONNECT answer,
-	// in the same write, as if the target had spoken first.
+	// SendAfterConnect is written right after a successful CONNECT answer
+	// (HTTP or SOCKS5), in the same write, as if the target had spoken
+	// first.
 	SendAfterConnect []byte
 }
 
@@ -76,6 +77,7 @@ type Server struct {
 	done     chan struct{} // closed by Close
 	mu       sync.Mutex
 	requests []string
+	clients  []netip.AddrPort
 	outbound []netip.AddrPort
 	conns    map[net.Conn]struct{}
 	closed   bool
@@ -142,6 +144,10 @@ func (s *Server) track(c net.Conn) bool {
 
 	if !s.closed {
 		s.conns[c] = struct{}{}
+		if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+			ap := a.AddrPort()
+			s.clients = append(s.clients, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+		}
 	}
 
 	return !s.closed
@@ -189,6 +195,15 @@ func (s *Server) Requests() []string {
 	defer s.mu.Unlock()
 
 	return append([]string(nil), s.requests...)
+}
+
+// Clients returns the addresses the proxy's clients connected from, in
+// order (IPv4-mapped addresses unmapped).
+func (s *Server) Clients() []netip.AddrPort {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+
+	return append([]netip.AddrPort(nil), s.clients...)
 }
 
 // Outbound returns the local addresses of the proxy's connections to

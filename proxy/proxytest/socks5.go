@@ -59,7 +59,8 @@ func (s *Server) serveSOCKS5(c net.Conn) {
 	}
 
 	_ = c.SetReadDeadline(time.Time{})
-	if _, err := c.Write(socksSuccess(up.LocalAddr().(*net.TCPAddr).AddrPort())); err != nil {
+	answer := append(socksSuccess(up.LocalAddr().(*net.TCPAddr).AddrPort()), s.opts.SendAfterConnect...)
+	if _, err := c.Write(answer); err != nil {
 		_ = up.Close()
 		return
 	}
