@@ -648,7 +648,7 @@ static __always_inline int cf_tunnel_connect(__u64 cookie, struct cf_flow *f,
 	f->tgid = who.tgid;
 	f->pid = who.pid;
 	f->flags = (f->flags & ~CF_F_DNS_REDIRECT) | CF_F_VIA_PROXY | CF_F_TUNNEL |
-		   CF_F_CONNECTED | CF_F_POLICED;
+		   CF_F_HANDSHAKE | CF_F_CONNECTED | CF_F_POLICED;
 
 	struct cf_event *e = cf_reserve();
 	if (!e)
@@ -1117,13 +1117,18 @@ static __always_inline int cf_skb(struct __sk_buff *skb, int egress)
 	/* While childflow speaks the proxy's handshake on a tunnel socket,
 	 * every byte it sends is childflow's, not the program's. The proxy
 	 * acknowledges the whole request before it answers, so no handshake
-	 * byte is sent again once the entry is gone. */
+	 * byte is sent again once the entry is gone, and an entry never comes
+	 * back: the first packet that misses it ends the lookups. */
 	int handshake = 0;
 
 	if (f) {
-		if (f->flags & CF_F_TUNNEL)
-			handshake = egress && bpf_map_lookup_elem(&cf_tunnels, &cookie) != 0;
-		else if (egress && (f->flags & (CF_F_DNS_REDIRECT | CF_F_VIA_PROXY)))
+		if (egress && (f->flags & CF_F_HANDSHAKE)) {
+			handshake = bpf_map_lookup_elem(&cf_tunnels, &cookie) != 0;
+			if (!handshake)
+				f->flags &= ~CF_F_HANDSHAKE;
+		}
+		if (egress && !(f->flags & CF_F_TUNNEL) &&
+		    (f->flags & (CF_F_DNS_REDIRECT | CF_F_VIA_PROXY)))
 			cf_index_client(skb, cookie, f);
 
 		/* What the socket hooks did not judge: ICMP, raw IP. */

@@ -35,6 +35,7 @@ enum cf_flag {
 	CF_F_RTO_SEEN = 1 << 10,    /* a SYN was retransmitted */
 	CF_F_POLICED = 1 << 11,	    /* destination already judged */
 	CF_F_TUNNEL = 1 << 12,	    /* connected to the proxy itself (cf_tunnels) */
+	CF_F_HANDSHAKE = 1 << 13,   /* its cf_tunnels entry may still be there */
 };
 
 /* Policy reasons: the same numbers as policy.Reason in Go. */

@@ -94,26 +94,17 @@ type Thread struct {
 
 // ReadThread reads /proc/TID/status.
 func ReadThread(tid uint32) (Thread, error) {
-	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(tid), 10) + "/status")
+	st, err := readStatus(tid)
 	if err != nil {
-		return Thread{}, fmt.Errorf("read status of thread %d: %w", tid, err)
+		return Thread{}, err
 	}
 
-	var th Thread
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "Name:"); ok {
-			th.Comm = strings.TrimSpace(v)
-		} else if v, ok := strings.CutPrefix(line, "Tgid:"); ok {
-			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
-			if err != nil {
-				return Thread{}, fmt.Errorf("read status of thread %d: Tgid %q: %w", tid, v, err)
-			}
-			th.Tgid = uint32(n)
-			return th, nil // Name comes first
-		}
+	tgid, err := st.number("Tgid", 10)
+	if err != nil {
+		return Thread{}, err
 	}
 
-	return Thread{}, fmt.Errorf("read status of thread %d: no Tgid line", tid)
+	return Thread{Tgid: uint32(tgid), Comm: st.fields["Name"]}, nil
 }
 
 // SignalPending reports whether thread tid has a signal pending that it
@@ -122,28 +113,55 @@ func ReadThread(tid uint32) (Thread, error) {
 // a signal waits (the wait is killable only); the supervisor can answer
 // EINTR to let the thread run its handler.
 func SignalPending(tid uint32) (bool, error) {
-	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(tid), 10) + "/status")
+	st, err := readStatus(tid)
 	if err != nil {
-		return false, fmt.Errorf("read status of thread %d: %w", tid, err)
+		return false, err
 	}
 
-	masks := map[string]uint64{}
+	var m [4]uint64
+	for i, k := range []string{"SigPnd", "ShdPnd", "SigBlk", "SigCgt"} {
+		if m[i], err = st.number(k, 16); err != nil {
+			return false, err
+		}
+	}
+	pending := (m[0] | m[1]) &^ m[2]
+
+	return pending&m[3] != 0, nil
+}
+
+// status is the "Key:\tvalue" lines of /proc/TID/status.
+type status struct {
+	tid    uint32
+	fields map[string]string
+}
+
+func readStatus(tid uint32) (status, error) {
+	b, err := os.ReadFile("/proc/" + strconv.FormatUint(uint64(tid), 10) + "/status")
+	if err != nil {
+		return status{}, fmt.Errorf("read status of thread %d: %w", tid, err)
+	}
+
+	st := status{tid: tid, fields: map[string]string{}}
 	for _, line := range strings.Split(string(b), "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		switch k {
-		case "SigPnd", "ShdPnd", "SigBlk", "SigCgt":
-			if !ok {
-				continue
-			}
-			n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			if err != nil {
-				return false, fmt.Errorf("read status of thread %d: %s %q: %w", tid, k, v, err)
-			}
-			masks[k] = n
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			st.fields[k] = strings.TrimSpace(v)
 		}
 	}
 
-	pending := (masks["SigPnd"] | masks["ShdPnd"]) &^ masks["SigBlk"]
+	return st, nil
+}
 
-	return pending&masks["SigCgt"] != 0, nil
+// number parses the field key in base.
+func (st status) number(key string, base int) (uint64, error) {
+	v, ok := st.fields[key]
+	if !ok {
+		return 0, fmt.Errorf("read status of thread %d: no %s line", st.tid, key)
+	}
+
+	n, err := strconv.ParseUint(v, base, 64)
+	if err != nil {
+		return 0, fmt.Errorf("read status of thread %d: %s %q: %w", st.tid, key, v, err)
+	}
+
+	return n, nil
 }
