@@ -10,10 +10,6 @@ import (
 	"github.com/childflow/childflow/gen"
 )
 
-// FlagTunnel marks a flow whose socket childflow connected to the proxy
-// itself, on the program's behalf (see BeginTunnel).
-const FlagTunnel uint16 = 1 << 12
-
 // Tunnel describes a connect that childflow makes to the proxy on one of the
 // program's sockets: whose it is and where the program wanted to go.
 type Tunnel struct {

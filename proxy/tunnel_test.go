@@ -157,3 +157,31 @@ func TestTunnelRefusals(t *testing.T) {
 		t.Error("Tunnel over an https proxy succeeded, want an error")
 	}
 }
+
+// TestProxyAddr picks the proxy's address for a socket of each family.
+func TestProxyAddr(t *testing.T) {
+	tests := []struct {
+		url    string
+		family int
+		v6only bool
+		want   string // "" when no address fits
+	}{
+		{"http://127.0.0.1:3128", unix.AF_INET, false, "127.0.0.1:3128"},
+		{"http://127.0.0.1:3128", unix.AF_INET6, false, "[::ffff:127.0.0.1]:3128"},
+		{"http://127.0.0.1:3128", unix.AF_INET6, true, ""},
+		{"socks5://[::1]:1080", unix.AF_INET6, true, "[::1]:1080"},
+		{"socks5://[::1]:1080", unix.AF_INET, false, ""},
+	}
+	for _, tt := range tests {
+		u, err := proxy.ParseURL(tt.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok, err := proxy.NewDialer(u, proxy.Options{}).ProxyAddr(context.Background(),
+			tt.family, tt.v6only)
+		if err != nil || ok != (tt.want != "") || ok && got.String() != tt.want {
+			t.Errorf("%s family %d v6only %v: got %v %v (%v), want %q", tt.url, tt.family,
+				tt.v6only, got, ok, err, tt.want)
+		}
+	}
+}

@@ -38,6 +38,13 @@ import (
 // connect calls as this package needs.
 var ErrUnsupported = errors.New("connect interception not supported")
 
+// errNoKillable is the EINVAL of a kernel that does not know
+// SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV.
+var errNoKillable = fmt.Errorf("%w: the kernel has no killable user notification (5.19)",
+	ErrUnsupported)
+
+func errNoArch() error { return fmt.Errorf("%w on %s", ErrUnsupported, runtime.GOARCH) }
+
 // auditArch is the AUDIT_ARCH_* of the native system call convention.
 func auditArch() (uint32, bool) {
 	switch runtime.GOARCH {
@@ -86,7 +93,7 @@ func connectFilter(arch uint32) []unix.SockFilter {
 func InstallConnectFilter() (int, error) {
 	arch, ok := auditArch()
 	if !ok {
-		return -1, fmt.Errorf("%w on %s", ErrUnsupported, runtime.GOARCH)
+		return -1, errNoArch()
 	}
 
 	prog := connectFilter(arch)
@@ -101,8 +108,7 @@ func InstallConnectFilter() (int, error) {
 	case 0:
 		return int(fd), nil
 	case unix.EINVAL:
-		return -1, fmt.Errorf("%w: the kernel has no killable user notification (5.19)",
-			ErrUnsupported)
+		return -1, errNoKillable
 	case unix.EBUSY:
 		return -1, fmt.Errorf("%w: the process already has a seccomp listener", ErrUnsupported)
 	}
@@ -116,7 +122,7 @@ func InstallConnectFilter() (int, error) {
 // EFAULT for the missing program).
 func Probe() error {
 	if _, ok := auditArch(); !ok {
-		return fmt.Errorf("%w on %s", ErrUnsupported, runtime.GOARCH)
+		return errNoArch()
 	}
 
 	flags := uintptr(unix.SECCOMP_FILTER_FLAG_NEW_LISTENER |
@@ -126,8 +132,7 @@ func Probe() error {
 	case unix.EFAULT:
 		return nil
 	case unix.EINVAL:
-		return fmt.Errorf("%w: the kernel has no killable user notification (5.19)",
-			ErrUnsupported)
+		return errNoKillable
 	}
 
 	return fmt.Errorf("probe seccomp user notification: %w", errno)
